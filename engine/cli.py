@@ -1,0 +1,133 @@
+"""`parcours` command line: serve, send, routes check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from .settings import Settings
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "serve",
+        help="run the engine",
+        description=(
+            "Run the engine: MLLP and folder channels from routes.yaml, the store, and the "
+            "HTTP API. Every option falls back on its environment variable, then on the "
+            "embedded default (SQLite store under PARCOURS_HOME, in-process bus)."
+        ),
+    )
+    p.add_argument("--home", help="data folder: database, inbox folders [PARCOURS_HOME, ./var]")
+    p.add_argument("--host", help="address to listen on [PARCOURS_HOST, 0.0.0.0]")
+    p.add_argument("--mllp-port", type=int,
+                   help="port of the default MLLP channel [PARCOURS_MLLP_PORT, 2575]")
+    p.add_argument("--http-port", type=int, help="HTTP API port [PARCOURS_HTTP_PORT, 8080]")
+    p.add_argument("--store-url",
+                   help="SQLAlchemy URL of the store, e.g. postgresql+psycopg://u@h/db "
+                        "[PARCOURS_STORE_URL, sqlite:///<home>/parcours.db]")
+    p.add_argument("--broker-url",
+                   help="bus URL, amqp://guest:guest@127.0.0.1:5672// for RabbitMQ "
+                        "[PARCOURS_BROKER_URL, memory://]")
+    p.add_argument("--routes", help="routes file [PARCOURS_ROUTES, ./routes.yaml]")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING [PARCOURS_LOG_LEVEL, INFO]")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    import os
+
+    env = dict(os.environ)
+    for opt, var in (("home", "PARCOURS_HOME"), ("mllp_port", "PARCOURS_MLLP_PORT"),
+                     ("http_port", "PARCOURS_HTTP_PORT"), ("store_url", "PARCOURS_STORE_URL"),
+                     ("broker_url", "PARCOURS_BROKER_URL"), ("routes", "PARCOURS_ROUTES"),
+                     ("host", "PARCOURS_HOST"), ("log_level", "PARCOURS_LOG_LEVEL")):
+        value = getattr(args, opt, None)
+        if value is not None:
+            env[var] = str(value)
+    return Settings.from_env(env)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from . import log_format
+    from .app import Engine
+    from .config import ConfigError, load_file
+
+    settings = _settings(args)
+    log_format.configure(settings.log_level)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    try:
+        config = load_file(settings.routes_file, env=settings.interpolation_env())
+    except ConfigError as exc:
+        print(f"parcours: {settings.routes_file} is not valid:\n{exc}", file=sys.stderr)
+        return 2
+    engine = Engine(settings, config)
+    try:
+        asyncio.run(engine.run_forever())
+    except OSError as exc:
+        print(f"parcours: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from .send import send_files
+
+    return asyncio.run(send_files(args))
+
+
+def cmd_routes_check(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_file
+
+    settings = _settings(args)
+    path = Path(args.file or settings.routes_file)
+    try:
+        cfg = load_file(path, env=settings.interpolation_env())
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(p)
+        print(f"{len(exc.problems)} problem(s) in {path}", file=sys.stderr)
+        return 1
+    print(f"{path}: OK — {len(cfg.channels)} channel(s), {len(cfg.destinations)} "
+          f"destination(s), {len(cfg.routes)} route(s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parcours", description="HL7 v2 / CDA integration engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+
+    s = sub.add_parser("send", help="send HL7 files over MLLP and report the ACKs",
+                       description="Send the messages of FILEs (one message, several, or "
+                                   "FHS/BHS batches) over MLLP, waiting for each ACK. Exits 1 "
+                                   "if any message was not acknowledged AA or CA.")
+    s.add_argument("files", nargs="+", metavar="FILE")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=2575)
+    s.add_argument("--tls-ca", help="CA bundle to verify the server (enables TLS)")
+    s.add_argument("--tls-cert", help="client certificate (mutual TLS)")
+    s.add_argument("--tls-key", help="client key (mutual TLS)")
+    s.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each ACK")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    r = sub.add_parser("routes", help="check and test routes.yaml")
+    rsub = r.add_subparsers(dest="routes_command", required=True)
+    rc = rsub.add_parser("check", help="validate a routes file; errors as file:line:column")
+    rc.add_argument("file", nargs="?")
+    rc.add_argument("--routes", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        code = cmd_serve(args)
+    elif args.command == "send":
+        code = cmd_send(args)
+    elif args.command == "routes" and args.routes_command == "check":
+        code = cmd_routes_check(args)
+    else:  # pragma: no cover - argparse enforces the choices
+        code = 2
+    raise SystemExit(code)

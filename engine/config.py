@@ -1,0 +1,335 @@
+"""routes.yaml: loading, ${VAR} interpolation, schema validation with file:line:column errors.
+
+ruamel.yaml keeps the position of every node, so a schema error on `routes[2].to[0]` can be
+reported on the line the operator has to edit, not as a JSON pointer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+SCHEMA_PATH = Path(__file__).with_name("routes.schema.json")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    cert: str
+    key: str
+    ca: str | None = None
+    require_client_cert: bool = False
+    allowed_subjects: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AcceptConfig:
+    processing_ids: tuple[str, ...] = ("P", "D", "T")
+    versions: tuple[str, ...] = ()
+    message_types: tuple[str, ...] = ()
+    require_segments: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    name: str
+    type: str
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = 0
+    charset: str | None = None
+    default_charset: str = "UNICODE UTF-8"
+    max_frame_bytes: int = 16 * 1024 * 1024
+    idle_timeout: float | None = 300.0
+    application: str = "PARCOURS"
+    accept: AcceptConfig = field(default_factory=AcceptConfig)
+    tls: TLSConfig | None = None
+    path: str = ""
+    patterns: tuple[str, ...] = ("*.hl7", "*.xml")
+    poll_interval: float = 1.0
+    settle_seconds: float = 1.0
+    archive: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    name: str
+    to: tuple[str, ...]
+    from_channels: tuple[str, ...] = ()
+    when: Mapping[str, Any] = field(default_factory=dict)
+    transform: tuple[str, ...] = ()
+    stop: bool = False
+    enabled: bool = True
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    file: str
+    channels: dict[str, ChannelConfig]
+    destinations: dict[str, dict[str, Any]]
+    routes: list[RouteConfig]
+    evaluation: str = "all"
+    transformer_paths: tuple[str, ...] = ()
+    text: str = ""
+
+
+def interpolate(value: str, env: Mapping[str, str]) -> str:
+    """${VAR} and ${VAR:-default}. An unset variable without default is an error."""
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env and env[name] != "":
+            return env[name]
+        if default is not None:
+            return default
+        raise KeyError(name)
+
+    return _VAR.sub(sub, value)
+
+
+def _position(node: Any, path: Iterable[Any]) -> tuple[int, int]:
+    """Line/column (1-based) of the deepest node of `path` that exists in the YAML tree."""
+    line, col = 1, 1
+    for key in path:
+        try:
+            if isinstance(node, CommentedMap) and key in node:
+                ln, cl = node.lc.key(key)
+                line, col = ln + 1, cl + 1
+                node = node[key]
+            elif isinstance(node, CommentedSeq) and isinstance(key, int) and key < len(node):
+                ln, cl = node.lc.item(key)
+                line, col = ln + 1, cl + 1
+                node = node[key]
+            else:
+                break
+        except (KeyError, AttributeError, TypeError):
+            break
+    return line, col
+
+
+def _interpolate_tree(node: Any, env: Mapping[str, str], file: str, path: list[Any],
+                      problems: list[Problem], root: Any) -> Any:
+    if isinstance(node, CommentedMap):
+        for k in list(node.keys()):
+            node[k] = _interpolate_tree(node[k], env, file, [*path, k], problems, root)
+        return node
+    if isinstance(node, CommentedSeq):
+        for i in range(len(node)):
+            node[i] = _interpolate_tree(node[i], env, file, [*path, i], problems, root)
+        return node
+    if isinstance(node, str) and "${" in node:
+        try:
+            out = interpolate(node, env)
+        except KeyError as exc:
+            line, col = _position(root, path)
+            problems.append(Problem(file, line, col,
+                                    f"environment variable {exc.args[0]} is not set and has no "
+                                    f"default (write ${{{exc.args[0]}:-value}})"))
+            return node
+        if _VAR.fullmatch(node.strip()):
+            # A value that is only a variable takes the variable's YAML type: a port is a number.
+            try:
+                typed = yaml.safe_load(out)
+            except yaml.YAMLError:
+                typed = out
+            return typed if isinstance(typed, (int, float, bool)) else out
+        return out
+    return node
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, Mapping):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
+def _schema_message(err: jsonschema.ValidationError) -> str:
+    where = "/".join(str(p) for p in err.absolute_path) or "the file"
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        allowed = ", ".join(sorted(err.schema.get("properties", {}))) or "none"
+        return f"unknown key {', '.join(map(repr, extra))} in {where} (allowed: {allowed})"
+    if err.validator == "required":
+        return f"{where}: {err.message}"
+    if err.validator == "enum":
+        return f"{where}: {err.instance!r} is not one of {', '.join(map(str, err.validator_value))}"
+    if err.validator == "propertyNames":
+        return f"{where}: name {err.instance!r} must be lower-case letters, digits, '-' or '_'"
+    return f"{where}: {err.message}"
+
+
+def _error_path(err: jsonschema.ValidationError) -> list[Any]:
+    path = list(err.absolute_path)
+    if err.validator == "additionalProperties" and isinstance(err.instance, Mapping):
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        if extra:
+            path.append(extra[0])
+    return path
+
+
+def load_schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def load_text(
+    text: str,
+    *,
+    file: str = "routes.yaml",
+    env: Mapping[str, str] | None = None,
+    known_transformers: Callable[[str], bool] | None = None,
+) -> Config:
+    """Parse, interpolate, validate and check references. Raises ConfigError with every problem."""
+    import os
+
+    env = os.environ if env is None else env
+    ryaml = YAML(typ="rt")
+    try:
+        tree = ryaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        col = mark.column + 1 if mark else 1
+        raise ConfigError([Problem(file, line, col, f"YAML syntax: {exc.problem}")]) from None
+    if not isinstance(tree, CommentedMap):
+        raise ConfigError([Problem(file, 1, 1, "the file must be a mapping with version, "
+                                               "channels, destinations and routes")])
+    problems: list[Problem] = []
+    _interpolate_tree(tree, env, file, [], problems, tree)
+    data = _plain(tree)
+    validator = jsonschema.Draft202012Validator(load_schema())
+    for err in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        if err.validator in ("allOf", "if", "then"):
+            continue
+        line, col = _position(tree, _error_path(err))
+        problems.append(Problem(file, line, col, _schema_message(err)))
+    if problems:
+        raise ConfigError(_dedupe(problems))
+
+    channels = {name: _channel(name, c) for name, c in data.get("channels", {}).items()}
+    destinations = dict(data.get("destinations", {}) or {})
+    routes: list[RouteConfig] = []
+    names: set[str] = set()
+    for i, r in enumerate(data.get("routes", []) or []):
+        line, _ = _position(tree, ["routes", i])
+        if r["name"] in names:
+            problems.append(Problem(file, *_position(tree, ["routes", i, "name"]),
+                                    f"route name {r['name']!r} is used twice"))
+        names.add(r["name"])
+        for j, dest in enumerate(r["to"]):
+            if dest not in destinations:
+                problems.append(Problem(file, *_position(tree, ["routes", i, "to", j]),
+                                        f"route {r['name']!r} sends to undefined destination "
+                                        f"{dest!r} (defined: {', '.join(destinations) or 'none'})"))
+        for j, ch in enumerate(r.get("from", [])):
+            if ch not in channels:
+                problems.append(Problem(file, *_position(tree, ["routes", i, "from", j]),
+                                        f"route {r['name']!r} listens to undefined channel {ch!r}"))
+        for j, tname in enumerate(r.get("transform", [])):
+            if known_transformers is not None and not known_transformers(tname):
+                problems.append(Problem(file, *_position(tree, ["routes", i, "transform", j]),
+                                        f"route {r['name']!r} uses unknown transformer {tname!r}"))
+        for j, cond in enumerate((r.get("when") or {}).get("fields", [])):
+            from .conditions import ConditionError, parse_condition
+
+            try:
+                parse_condition(cond)
+            except ConditionError as exc:
+                problems.append(Problem(file, *_position(tree, ["routes", i, "when", "fields", j]),
+                                        f"route {r['name']!r}: {exc}"))
+        routes.append(RouteConfig(
+            name=r["name"], to=tuple(r["to"]), from_channels=tuple(r.get("from", [])),
+            when=r.get("when") or {}, transform=tuple(r.get("transform", [])),
+            stop=bool(r.get("stop", False)), enabled=bool(r.get("enabled", True)), line=line,
+        ))
+    ports: dict[int, str] = {}
+    for name, ch in channels.items():
+        if ch.type == "mllp" and ch.enabled and ch.port:
+            if ch.port in ports:
+                problems.append(Problem(file, *_position(tree, ["channels", name, "port"]),
+                                        f"channels {ports[ch.port]!r} and {name!r} both listen "
+                                        f"on port {ch.port}"))
+            ports[ch.port] = name
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        file=file, channels=channels, destinations=destinations, routes=routes,
+        evaluation=data.get("evaluation", "all"),
+        transformer_paths=tuple(data.get("transformer_paths", [])), text=text,
+    )
+
+
+def load_file(path: str | Path, **kw: Any) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        problem = Problem(str(p), 1, 1, f"cannot read the file: {exc.strerror}")
+        raise ConfigError([problem]) from None
+    return load_text(text, file=str(p), **kw)
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen: set[tuple[int, int, str]] = set()
+    out = []
+    for p in problems:
+        key = (p.line, p.column, p.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def _channel(name: str, c: Mapping[str, Any]) -> ChannelConfig:
+    acc = c.get("accept") or {}
+    accept = AcceptConfig(
+        processing_ids=tuple(acc.get("processing_ids", ("P", "D", "T"))),
+        versions=tuple(acc.get("versions", ())),
+        message_types=tuple(acc.get("message_types", ())),
+        require_segments=tuple(acc.get("require_segments", ())),
+    )
+    tls = None
+    if c.get("tls"):
+        t = c["tls"]
+        tls = TLSConfig(cert=t["cert"], key=t["key"], ca=t.get("ca"),
+                        require_client_cert=bool(t.get("require_client_cert", False)),
+                        allowed_subjects=tuple(t.get("allowed_subjects", ())))
+    kw: dict[str, Any] = {k: c[k] for k in (
+        "host", "port", "charset", "max_frame_bytes", "idle_timeout", "application", "path",
+        "poll_interval", "settle_seconds", "archive", "error", "enabled",
+    ) if k in c}
+    if c.get("default_charset"):
+        kw["default_charset"] = c["default_charset"]
+    if "patterns" in c:
+        kw["patterns"] = tuple(c["patterns"])
+    return ChannelConfig(name=name, type=c["type"], accept=accept, tls=tls, **kw)

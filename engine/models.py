@@ -1,0 +1,103 @@
+"""The message store schema. Alembic migrations in engine/migrations build it; keep them in step.
+
+The store is the truth (design brief): raw bytes exactly as received, what intake read from
+MSH, what was answered, and where each message stands. Queues only carry work.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL wants BIGINT for a message log.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class MessageStatus:
+    """Where a message stands. Strings, so an operator reading the table understands them."""
+
+    ACCEPTED = "accepted"  # stored and ACKed AA/CA; waiting for the router
+    ERROR = "error"  # stored, answered AE/CE: failed validation of what the engine needs
+    REJECTED = "rejected"  # stored, answered AR/CR: refused (charset, version, processing id…)
+    DUPLICATE = "duplicate"  # a resend of an earlier message: original ACK sent again
+    ROUTED = "routed"  # the router recorded its deliveries (issue #3)
+    DONE = "done"  # every delivery finished
+    FAILED = "failed"  # at least one delivery dead-lettered
+
+
+class Message(Base):
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    remote: Mapped[str | None] = mapped_column(String(128))
+    sending_application: Mapped[str | None] = mapped_column(String(255))
+    sending_facility: Mapped[str | None] = mapped_column(String(255))
+    message_type: Mapped[str | None] = mapped_column(String(16))
+    trigger_event: Mapped[str | None] = mapped_column(String(16))
+    structure: Mapped[str | None] = mapped_column(String(16))
+    control_id: Mapped[str | None] = mapped_column(String(199))
+    version: Mapped[str | None] = mapped_column(String(32))
+    processing_id: Mapped[str | None] = mapped_column(String(8))
+    charset: Mapped[str | None] = mapped_column(String(32))
+    patient_key: Mapped[str | None] = mapped_column(String(255))
+    application_ack_type: Mapped[str | None] = mapped_column(String(2))
+    size: Mapped[int] = mapped_column(Integer)
+    truncated: Mapped[int] = mapped_column(Integer, default=0)  # 1 when only the head was kept
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    ack_code: Mapped[str | None] = mapped_column(String(2))
+    ack: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # sha1(channel, MSH-3, MSH-4, MSH-10) on the first arrival only; unique, so two engine
+    # processes racing on the same resend cannot both accept it.
+    dedup_key: Mapped[str | None] = mapped_column(String(40), unique=True)
+    duplicate_of: Mapped[int | None] = mapped_column(BigId, ForeignKey("messages.id"))
+    file_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("inbound_files.id"))
+
+    __table_args__ = (
+        Index("ix_messages_status_id", "status", "id"),
+        Index("ix_messages_received_at", "received_at"),
+        Index("ix_messages_patient_key", "patient_key"),
+        Index("ix_messages_control_id", "control_id"),
+    )
+
+
+class InboundFile(Base):
+    """A file taken from a folder channel: the record that makes pickup exactly-once."""
+
+    __tablename__ = "inbound_files"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16))  # archived | error
+    reason: Mapped[str | None] = mapped_column(Text)
+    message_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (UniqueConstraint("channel", "name", "sha256", name="uq_inbound_file"),)
+
+
+messages = Message.__table__
+inbound_files = InboundFile.__table__
+metadata = Base.metadata

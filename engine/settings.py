@@ -1,0 +1,48 @@
+"""Process settings from the environment (the few things that differ per machine).
+
+Everything about message flow lives in routes.yaml; this is only where things are.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    host: str
+    mllp_port: int
+    http_port: int
+    store_url: str
+    broker_url: str
+    routes_file: Path
+    log_level: str
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
+        e = dict(os.environ if env is None else env)
+        home = Path(e.get("PARCOURS_HOME", "./var")).resolve()
+        values: dict[str, object] = {
+            "home": home,
+            "host": e.get("PARCOURS_HOST", "0.0.0.0"),
+            "mllp_port": int(e.get("PARCOURS_MLLP_PORT", "2575")),
+            "http_port": int(e.get("PARCOURS_HTTP_PORT", "8080")),
+            "store_url": e.get("PARCOURS_STORE_URL") or f"sqlite:///{home / 'parcours.db'}",
+            "broker_url": e.get("PARCOURS_BROKER_URL", "memory://"),
+            "routes_file": Path(e.get("PARCOURS_ROUTES", "routes.yaml")),
+            "log_level": e.get("PARCOURS_LOG_LEVEL", "INFO"),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    def interpolation_env(self) -> dict[str, str]:
+        """Variables routes.yaml may use, with the process settings filled in as defaults."""
+        env = dict(os.environ)
+        env.setdefault("PARCOURS_HOME", str(self.home))
+        env["PARCOURS_HOME"] = str(self.home)
+        env["PARCOURS_MLLP_PORT"] = str(self.mllp_port)
+        env["PARCOURS_HTTP_PORT"] = str(self.http_port)
+        return env

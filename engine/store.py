@@ -1,0 +1,326 @@
+"""The message store: SQLite (WAL) embedded, PostgreSQL when scaled. One code path for both.
+
+Writes on the intake path go through `save_arrivals`, called by the group committer with many
+arrivals at once: one transaction, one fsync, for everything that came in meanwhile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import NullPool
+
+from .models import MessageStatus, inbound_files, messages
+
+log = logging.getLogger("parcours.store")
+
+
+def dedup_key(
+    channel: str, sending_application: str, sending_facility: str, control_id: str
+) -> str:
+    """Identity of a message for duplicate detection (design brief: same sender + MSH-10)."""
+    h = hashlib.sha1(usedforsecurity=False)
+    for part in (channel, sending_application, sending_facility, control_id):
+        h.update(part.encode("utf-8", "surrogateescape"))
+        h.update(b"\x1f")
+    return h.hexdigest()
+
+
+@dataclass
+class Arrival:
+    """One message as intake prepared it, waiting to be committed."""
+
+    channel: str
+    raw: bytes
+    status: str
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    remote: str | None = None
+    sending_application: str | None = None
+    sending_facility: str | None = None
+    message_type: str | None = None
+    trigger_event: str | None = None
+    structure: str | None = None
+    control_id: str | None = None
+    version: str | None = None
+    processing_id: str | None = None
+    charset: str | None = None
+    patient_key: str | None = None
+    application_ack_type: str | None = None
+    error: str | None = None
+    ack_code: str | None = None
+    ack: bytes | None = None
+    size: int | None = None
+    truncated: bool = False
+    file_id: int | None = None
+    dedup: str | None = None  # dedup_key(...) when the message can be deduplicated
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel,
+            "received_at": self.received_at,
+            "remote": self.remote,
+            "sending_application": self.sending_application,
+            "sending_facility": self.sending_facility,
+            "message_type": self.message_type,
+            "trigger_event": self.trigger_event,
+            "structure": self.structure,
+            "control_id": self.control_id,
+            "version": self.version,
+            "processing_id": self.processing_id,
+            "charset": self.charset,
+            "patient_key": self.patient_key,
+            "application_ack_type": self.application_ack_type,
+            "size": self.size if self.size is not None else len(self.raw),
+            "truncated": 1 if self.truncated else 0,
+            "raw": self.raw,
+            "status": self.status,
+            "error": self.error,
+            "ack_code": self.ack_code,
+            "ack": self.ack,
+            "dedup_key": self.dedup,
+            "duplicate_of": None,
+            "file_id": self.file_id,
+        }
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What the store did with an arrival: its id, and for a resend the original's id and ACK."""
+
+    id: int
+    duplicate_of: int | None = None
+    original_ack: bytes | None = None
+    original_ack_code: str | None = None
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    # FULL: a committed transaction survives power loss, which is what an ACK promises.
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        eng = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 10}, poolclass=NullPool
+        )
+        event.listen(eng, "connect", _sqlite_pragmas)
+        return eng
+    return create_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (idempotent)."""
+        from .migrate import upgrade
+
+        upgrade(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> bool:
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        return True
+
+    # -- intake ---------------------------------------------------------------------------
+
+    def save_arrivals(self, arrivals: list[Arrival]) -> list[Saved]:
+        """Commit many arrivals in one transaction; resends become 'duplicate' rows.
+
+        Runs in the group committer's thread. If another engine process inserted the same
+        dedup key meanwhile (unique violation), falls back to one savepoint per arrival.
+        """
+        try:
+            with self.engine.begin() as conn:
+                return self._save(conn, arrivals, per_row=False)
+        except IntegrityError:
+            log.info("dedup race with another process; retrying batch row by row")
+            with self.engine.begin() as conn:
+                return self._save(conn, arrivals, per_row=True)
+
+    def _save(self, conn: Connection, arrivals: list[Arrival], per_row: bool) -> list[Saved]:
+        keys = {a.dedup for a in arrivals if a.dedup}
+        existing: dict[str, tuple[int, bytes | None, str | None]] = {}
+        if keys:
+            for chunk in _chunks(sorted(keys), 500):
+                rows = conn.execute(
+                    select(
+                        messages.c.dedup_key, messages.c.id, messages.c.ack, messages.c.ack_code
+                    ).where(messages.c.dedup_key.in_(chunk))
+                )
+                for key, mid, ack, code in rows:
+                    existing[key] = (mid, ack, code)
+        results: list[Saved | None] = [None] * len(arrivals)
+        seen_in_batch: dict[str, int] = {}
+        fresh: list[tuple[int, dict[str, Any]]] = []
+        for i, a in enumerate(arrivals):
+            row = a.row()
+            if a.dedup and (a.dedup in existing or a.dedup in seen_in_batch):
+                row["dedup_key"] = None
+                row["status"] = MessageStatus.DUPLICATE
+            elif a.dedup:
+                seen_in_batch[a.dedup] = i
+            fresh.append((i, row))
+        # Insert in arrival order, originals before their in-batch resends, so ids follow the
+        # order messages came in (the router relies on it for per-patient order).
+        for i, row in fresh:
+            a = arrivals[i]
+            if row["status"] == MessageStatus.DUPLICATE:
+                if a.dedup in existing:
+                    orig_id, orig_ack, orig_code = existing[a.dedup]  # type: ignore[index]
+                else:
+                    j = seen_in_batch[a.dedup]  # type: ignore[index]
+                    orig = results[j]
+                    assert orig is not None
+                    orig_id, orig_ack, orig_code = orig.id, arrivals[j].ack, arrivals[j].ack_code
+                row["duplicate_of"] = orig_id
+                row["ack"], row["ack_code"] = orig_ack, orig_code
+                new_id = self._insert(conn, row, per_row)
+                results[i] = Saved(new_id, orig_id, orig_ack, orig_code)
+            else:
+                new_id = self._insert(conn, row, per_row)
+                if per_row and new_id < 0:  # lost the race to another process
+                    orig_id, orig_ack, orig_code = conn.execute(
+                        select(messages.c.id, messages.c.ack, messages.c.ack_code).where(
+                            messages.c.dedup_key == a.dedup
+                        )
+                    ).one()
+                    row["dedup_key"], row["status"] = None, MessageStatus.DUPLICATE
+                    row["duplicate_of"], row["ack"], row["ack_code"] = orig_id, orig_ack, orig_code
+                    new_id = self._insert(conn, row, False)
+                    results[i] = Saved(new_id, orig_id, orig_ack, orig_code)
+                    continue
+                results[i] = Saved(new_id)
+        return [r for r in results if r is not None]
+
+    def _insert(self, conn: Connection, row: dict[str, Any], per_row: bool) -> int:
+        if not per_row:
+            return int(conn.execute(insert(messages).returning(messages.c.id), row).scalar_one())
+        sp = conn.begin_nested()
+        try:
+            new_id = int(conn.execute(insert(messages).returning(messages.c.id), row).scalar_one())
+        except IntegrityError:
+            sp.rollback()
+            return -1
+        sp.commit()
+        return new_id
+
+    # -- folder intake ----------------------------------------------------------------------
+
+    def find_file(self, channel: str, name: str, sha256: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(inbound_files).where(
+                    inbound_files.c.channel == channel,
+                    inbound_files.c.name == name,
+                    inbound_files.c.sha256 == sha256,
+                )
+            ).mappings().first()
+            return dict(row) if row else None
+
+    def save_file(
+        self,
+        *,
+        channel: str,
+        name: str,
+        sha256: str,
+        size: int,
+        status: str,
+        reason: str | None,
+        arrivals: list[Arrival],
+    ) -> tuple[int, list[Saved]]:
+        """Record a file and all its messages in one transaction: all or nothing."""
+        with self.engine.begin() as conn:
+            file_id = int(
+                conn.execute(
+                    insert(inbound_files).returning(inbound_files.c.id),
+                    {
+                        "channel": channel,
+                        "name": name,
+                        "sha256": sha256,
+                        "size": size,
+                        "received_at": datetime.now(UTC),
+                        "status": status,
+                        "reason": reason,
+                        "message_count": len(arrivals),
+                    },
+                ).scalar_one()
+            )
+            for a in arrivals:
+                a.file_id = file_id
+            saved = self._save(conn, arrivals, per_row=False) if arrivals else []
+            return file_id, saved
+
+    # -- reading --------------------------------------------------------------------------
+
+    def get_message(self, message_id: int) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(messages).where(messages.c.id == message_id)).mappings()
+            first = row.first()
+            return dict(first) if first else None
+
+    def list_messages(
+        self,
+        *,
+        channel: str | None = None,
+        status: str | None = None,
+        control_id: str | None = None,
+        limit: int = 100,
+        after_id: int = 0,
+    ) -> list[dict[str, Any]]:
+        cols = [c for c in messages.c if c.name not in ("raw", "ack")]
+        q = select(*cols).where(messages.c.id > after_id).order_by(messages.c.id).limit(limit)
+        if channel:
+            q = q.where(messages.c.channel == channel)
+        if status:
+            q = q.where(messages.c.status == status)
+        if control_id:
+            q = q.where(messages.c.control_id == control_id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def count_messages(self, **where: str) -> int:
+        from sqlalchemy import func
+
+        q = select(func.count()).select_from(messages)
+        for k, v in where.items():
+            q = q.where(messages.c[k] == v)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def set_status(self, message_id: int, status: str, error: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(messages)
+                .where(messages.c.id == message_id)
+                .values(status=status, error=error)
+            )
+
+
+def _chunks(items: list[str], n: int) -> list[list[str]]:
+    return [items[i : i + n] for i in range(0, len(items), n)]
