@@ -64,10 +64,11 @@ async def send_files(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         progress = tqdm(total=len(messages), unit="msg", file=sys.stderr)
-    async with MLLPClient(args.host, args.port, ssl_context=ctx, ack_timeout=args.timeout) as c:
+    client = MLLPClient(args.host, args.port, ssl_context=ctx, ack_timeout=args.timeout)
+    try:
         for name, raw in messages:
             try:
-                code, control_id, text = await _send_one(c, raw)
+                code, control_id, text = await _send_one(client, raw)
             except (MLLPError, ValueError) as exc:
                 code, control_id, text = "ERROR", "", str(exc)
             codes[code] += 1
@@ -75,6 +76,8 @@ async def send_files(args: argparse.Namespace) -> int:
                 failures.append(f"{name}: {code} {control_id} {text}".rstrip())
             if progress:
                 progress.update(1)
+    finally:
+        await client.close()
     if progress:
         progress.close()
     for line in failures[:50]:

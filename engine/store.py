@@ -200,6 +200,7 @@ class Store:
                     orig_id, orig_ack, orig_code = orig.id, arrivals[j].ack, arrivals[j].ack_code
                 row["duplicate_of"] = orig_id
                 row["ack"], row["ack_code"] = orig_ack, orig_code
+                row["error"] = self._conflict(conn, orig_id, a.raw)
                 new_id = self._insert(conn, row, per_row)
                 results[i] = Saved(new_id, orig_id, orig_ack, orig_code)
             else:
@@ -217,6 +218,17 @@ class Store:
                     continue
                 results[i] = Saved(new_id)
         return [r for r in results if r is not None]
+
+    @staticmethod
+    def _conflict(conn: Connection, orig_id: int, raw: bytes) -> str | None:
+        """A resend carries the same bytes (MSH-7 aside); different content under the same
+        MSH-10 is a sender reusing control ids, which an operator must hear about."""
+        original = conn.execute(select(messages.c.raw).where(messages.c.id == orig_id)).scalar()
+        if original is None:
+            return None
+        if _without_msh7(original) == _without_msh7(raw):
+            return None
+        return "MSH-10 reused with different content: kept, not processed"
 
     def _insert(self, conn: Connection, row: dict[str, Any], per_row: bool) -> int:
         if not per_row:
@@ -320,6 +332,18 @@ class Store:
                 .where(messages.c.id == message_id)
                 .values(status=status, error=error)
             )
+
+
+def _without_msh7(raw: bytes) -> bytes:
+    """The message minus MSH-7 (a resend may carry a new timestamp)."""
+    end = raw.find(b"\r")
+    end = len(raw) if end < 0 else end
+    if len(raw) < 4:
+        return raw
+    fields = raw[:end].split(raw[3:4])
+    if len(fields) > 6:
+        fields[6] = b""
+    return raw[3:4].join(fields) + raw[end:].replace(b"\r\n", b"\r").replace(b"\n", b"\r")
 
 
 def _chunks(items: list[str], n: int) -> list[list[str]]:
