@@ -14,13 +14,19 @@ from typing import Any
 
 from channels.folder import FileOutcome, FolderChannel, FolderSettings
 from channels.mllp import MLLPChannel, MLLPSettings
+from channels.outbound import Destination, build_destination
 
-from .config import ChannelConfig, Config
+from .bus import Bus
+from .config import ChannelConfig, Config, ConfigError, load_file
+from .delivery import DeliveryRunner
 from .file_intake import FileIntake
 from .group_commit import GroupCommitter
 from .intake import Intake, IntakePolicy
+from .models import DeliveryStatus, deliveries
+from .router import Router
 from .settings import Settings
 from .store import Store
+from .transformer_registry import Registry
 
 log = logging.getLogger("parcours.engine")
 
@@ -43,21 +49,44 @@ class Engine:
         self.settings = settings
         self.config = config
         self.store = Store(settings.store_url)
-        self.committer = GroupCommitter(self.store.save_arrivals)
+        self.committer = GroupCommitter(self.store.save_arrivals, on_commit=self._committed)
         self.intake = Intake(self.committer)
         self.file_intake = FileIntake(self.store, self.intake)
         self.channels: dict[str, MLLPChannel | FolderChannel] = {}
         self.policies: dict[str, IntakePolicy] = {}
+        base = Path(config.file).resolve().parent
+        self.registry = Registry(config.transformer_paths, base=base)
+        self.router = Router(self.store, config, self.registry.resolve, settings.partitions)
+        self.runner = DeliveryRunner(self.store)
+        self.destinations: dict[str, Destination] = {}
+        self.bus = Bus(settings.broker_url, settings.partitions, self.runner.run_partition)
+        self.runner.notify = self.bus.notify
+        self.is_router = False
+        self.last_reload: dict[str, Any] = {"ok": True, "problems": [], "at": None}
         self._http: Any = None
         self._http_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self.started = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def start(self, *, http: bool = True) -> None:
+    def _committed(self, _count: int, _seconds: float) -> None:
+        """Group-commit thread: new messages are durable; wake the router."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def start(self, *, http: bool = True, route: bool = True) -> None:
+        self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.store.migrate)
         self.committer.start()
+        if route:
+            self._build_destinations(self.config)
+            self.bus.start(self._loop)
+            self._tasks.append(asyncio.create_task(self._route_forever(), name="router"))
+            self._tasks.append(asyncio.create_task(self._sweep_forever(), name="sweeper"))
         for ch in self.config.channels.values():
             if ch.enabled:
                 await self._start_channel(ch)
@@ -127,9 +156,126 @@ class Engine:
         if self._http_task.done():
             self._http_task.result()
 
+    def _build_destinations(self, config: Config) -> list[Destination]:
+        """(Re)build destinations whose settings changed; return the ones to close."""
+        old_cfg = getattr(self, "_dest_cfg", {})
+        new: dict[str, Destination] = {}
+        retired: list[Destination] = []
+        for name, cfg in config.destinations.items():
+            if name in self.destinations and old_cfg.get(name) == cfg:
+                new[name] = self.destinations[name]
+            else:
+                new[name] = build_destination(name, cfg)
+                if name in self.destinations:
+                    retired.append(self.destinations[name])
+        retired += [d for n, d in self.destinations.items() if n not in config.destinations]
+        self.destinations = new
+        self._dest_cfg = dict(config.destinations)
+        self.runner.configure(new, config.destinations)
+        return retired
+
+    async def _route_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if not self.is_router:
+                    self.is_router = await asyncio.to_thread(self.router.acquire_leadership)
+                    if not self.is_router:
+                        await self._wait_wake(2.0)
+                        continue
+                    log.info("this process routes", extra={"store": self.store.dialect})
+                count, touched = await asyncio.to_thread(self.router.route_batch)
+                for p in touched:
+                    self.bus.notify(p)
+                if count == 0:
+                    await self._wait_wake(1.0)
+            except Exception:
+                log.exception("routing failed; retrying")
+                self.is_router = False
+                await asyncio.to_thread(self.router.release_leadership)
+                await self._wait_wake(1.0)
+
+    async def _wait_wake(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+    async def _sweep_forever(self) -> None:
+        """The store is the truth: re-announce every partition with due work, so a lost
+        notice (broker restart, killed consumer, missed timer) only ever delays work."""
+        while not self._stop.is_set():
+            try:
+                for p in await asyncio.to_thread(self.due_partitions):
+                    self.bus.notify(p)
+            except Exception:
+                log.exception("sweep failed")
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.settings.sweep_interval)
+            except TimeoutError:
+                pass
+
+    def due_partitions(self) -> list[int]:
+        from datetime import UTC, datetime
+
+        from sqlalchemy import select
+
+        q = (select(deliveries.c.partition).distinct()
+             .where(deliveries.c.status.in_((DeliveryStatus.PENDING, DeliveryStatus.RETRY)),
+                    deliveries.c.next_attempt_at <= datetime.now(UTC)))
+        with self.store.engine.connect() as conn:
+            return [int(p) for p in conn.execute(q).scalars()]
+
+    async def reload(self) -> dict[str, Any]:
+        """Load routes.yaml again. A bad file changes nothing and says why."""
+        from datetime import UTC, datetime
+
+        try:
+            config = await asyncio.to_thread(
+                load_file, self.settings.routes_file, env=self.settings.interpolation_env()
+            )
+        except ConfigError as exc:
+            self.last_reload = {"ok": False, "problems": [str(p) for p in exc.problems],
+                                "at": datetime.now(UTC).isoformat()}
+            log.error("reload refused: routes file has problems",
+                      extra={"problems": len(exc.problems)})
+            return self.last_reload
+        retired = self._build_destinations(config)
+        self.router.set_config(config)
+        old = self.config
+        self.config = config
+        for name, ch in old.channels.items():
+            new_ch = config.channels.get(name)
+            if name in self.channels and (new_ch is None or new_ch != ch or not new_ch.enabled):
+                await self.channels.pop(name).stop()
+        for name, ch in config.channels.items():
+            if ch.enabled and name not in self.channels:
+                await self._start_channel(ch)
+        for d in retired:
+            await d.close()
+        self.last_reload = {"ok": True, "problems": [], "at": datetime.now(UTC).isoformat()}
+        log.info("routes reloaded", extra={"routes": len(config.routes),
+                                           "destinations": len(config.destinations)})
+        for p in await asyncio.to_thread(self.due_partitions):
+            self.bus.notify(p)
+        return self.last_reload
+
     async def stop(self) -> None:
+        self._stop.set()
         for runtime in list(self.channels.values()):
             await runtime.stop()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks.clear()
+        await asyncio.to_thread(self.bus.stop)
+        await asyncio.to_thread(self.router.release_leadership)
+        for d in self.destinations.values():
+            await d.close()
         if self._http is not None:
             self._http.should_exit = True
             if self._http_task:
@@ -143,6 +289,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         await self.start()
         await self._stop.wait()
         await self.stop()

@@ -207,7 +207,7 @@ def load_text(
     *,
     file: str = "routes.yaml",
     env: Mapping[str, str] | None = None,
-    known_transformers: Callable[[str], bool] | None = None,
+    known_transformers: Callable[[str], str | None] | None = None,
 ) -> Config:
     """Parse, interpolate, validate and check references. Raises ConfigError with every problem."""
     import os
@@ -236,6 +236,18 @@ def load_text(
     if problems:
         raise ConfigError(_dedupe(problems))
 
+    if known_transformers is None:
+        from .transformer_registry import Registry, TransformerNotFound
+
+        registry = Registry(tuple(data.get("transformer_paths", [])), base=Path(file).parent)
+
+        def known_transformers(name: str) -> str | None:
+            try:
+                registry.resolve(name)
+            except TransformerNotFound as exc:
+                return str(exc)
+            return None
+
     channels = {name: _channel(name, c) for name, c in data.get("channels", {}).items()}
     destinations = dict(data.get("destinations", {}) or {})
     routes: list[RouteConfig] = []
@@ -256,9 +268,10 @@ def load_text(
                 problems.append(Problem(file, *_position(tree, ["routes", i, "from", j]),
                                         f"route {r['name']!r} listens to undefined channel {ch!r}"))
         for j, tname in enumerate(r.get("transform", [])):
-            if known_transformers is not None and not known_transformers(tname):
+            why = known_transformers(tname)
+            if why is not None:
                 problems.append(Problem(file, *_position(tree, ["routes", i, "transform", j]),
-                                        f"route {r['name']!r} uses unknown transformer {tname!r}"))
+                                        f"route {r['name']!r}: {why}"))
         for j, cond in enumerate((r.get("when") or {}).get("fields", [])):
             from .conditions import ConditionError, parse_condition
 

@@ -36,7 +36,8 @@ class MessageStatus:
     ERROR = "error"  # stored, answered AE/CE: failed validation of what the engine needs
     REJECTED = "rejected"  # stored, answered AR/CR: refused (charset, version, processing id…)
     DUPLICATE = "duplicate"  # a resend of an earlier message: original ACK sent again
-    ROUTED = "routed"  # the router recorded its deliveries (issue #3)
+    ROUTED = "routed"  # the router recorded its deliveries (outbox)
+    UNROUTED = "unrouted"  # no route matched: kept, nothing to deliver
     DONE = "done"  # every delivery finished
     FAILED = "failed"  # at least one delivery dead-lettered
 
@@ -98,6 +99,64 @@ class InboundFile(Base):
     __table_args__ = (UniqueConstraint("channel", "name", "sha256", name="uq_inbound_file"),)
 
 
+class DeliveryStatus:
+    PENDING = "pending"  # recorded by the router, not tried yet
+    RETRY = "retry"  # tried, failed, will be tried again at next_attempt_at
+    DELIVERED = "delivered"
+    DEAD = "dead"  # dead-letter: never delivered; an operator can retry it
+
+    FINAL = ("delivered", "dead")
+
+
+class Delivery(Base):
+    """One message to one destination through one route: the outbox row.
+
+    Written in the same transaction that marks the message routed, so the store alone knows
+    every unfinished delivery; the bus only says "partition p has work".
+    """
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    message_id: Mapped[int] = mapped_column(BigId, ForeignKey("messages.id"))
+    route: Mapped[str] = mapped_column(String(100))
+    destination: Mapped[str] = mapped_column(String(64))
+    partition: Mapped[int] = mapped_column(Integer)
+    # 0 for the first routing; an operator's replay routes again under generation + 1.
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    patient_key: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    content_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    response: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("message_id", "route", "destination", "generation", name="uq_delivery"),
+        Index("ix_deliveries_partition_status", "partition", "status", "message_id"),
+        Index("ix_deliveries_status_next", "status", "next_attempt_at"),
+        Index("ix_deliveries_dest_patient", "destination", "patient_key", "status"),
+    )
+
+
+class DeliveryAttempt(Base):
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(BigId, ForeignKey("deliveries.id"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    outcome: Mapped[str] = mapped_column(String(16))  # delivered | retry | dead
+    detail: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+
+
 messages = Message.__table__
+deliveries = Delivery.__table__
+delivery_attempts = DeliveryAttempt.__table__
 inbound_files = InboundFile.__table__
 metadata = Base.metadata

@@ -20,6 +20,8 @@ class Settings:
     broker_url: str
     routes_file: Path
     log_level: str
+    partitions: int = 8
+    sweep_interval: float = 2.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -34,6 +36,8 @@ class Settings:
             "broker_url": e.get("PARCOURS_BROKER_URL", "memory://"),
             "routes_file": Path(e.get("PARCOURS_ROUTES", "routes.yaml")),
             "log_level": e.get("PARCOURS_LOG_LEVEL", "INFO"),
+            "partitions": int(e.get("PARCOURS_PARTITIONS", "8")),
+            "sweep_interval": float(e.get("PARCOURS_SWEEP_INTERVAL", "2.0")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -126,16 +126,21 @@ async def make_engine(
 
     async def factory(
         text: str | None = None, *, store_url: str | None = None, http: bool = False,
-        home: Path | None = None,
+        home: Path | None = None, route: bool = False, broker_url: str | None = None,
+        partitions: int | None = None,
     ) -> RunningEngine:
+        """route=False keeps intake tests looking at what intake did, before the router."""
         home = home or tmp_path / "home"
         env = {"PARCOURS_HOME": str(home), "PARCOURS_HTTP_PORT": "0"}
+        if broker_url:
+            env["PARCOURS_BROKER_URL"] = broker_url
+        if partitions:
+            env["PARCOURS_PARTITIONS"] = str(partitions)
+        env["PARCOURS_SWEEP_INTERVAL"] = "0.5"
         settings = Settings.from_env(env, store_url=store_url or None)
-        if store_url is None:
-            settings = Settings.from_env(env)
         config = load_text(text or routes_text(), env=settings.interpolation_env())
         engine = Engine(settings, config)
-        await engine.start(http=http)
+        await engine.start(http=http, route=route)
         started.append(engine)
         return RunningEngine(engine)
 

@@ -1,0 +1,20 @@
+"""A destination that accepts everything: for benchmarks and for routes under construction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import OutboundItem, Outcome
+
+
+class NullDestination:
+    type = "null"
+
+    def __init__(self, name: str, cfg: dict[str, Any]) -> None:
+        self.name = name
+
+    async def send(self, item: OutboundItem) -> Outcome:
+        return Outcome.delivered()
+
+    async def close(self) -> None:
+        return None

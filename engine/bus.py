@@ -1,0 +1,212 @@
+"""The bus: "partition p has work" notices over kombu (in-process memory, or RabbitMQ).
+
+Why notices and not the deliveries themselves: the store is the truth. A notice lost with a
+broker, or redelivered twice, changes nothing — the partition runner reads what is pending
+from the store. The bus exists to spread partitions over engine processes with per-patient
+order: N durable queues `parcours.partition.<p>`, each declared with RabbitMQ's
+single-active-consumer, so at any time one process drains a partition; when it dies its
+unacknowledged notices go to the next consumer, which finds the work in the store.
+
+Threading: kombu is blocking, so one consumer thread per process drains every partition
+queue and hands each notice to the event loop; a notice is acknowledged from that same
+thread once the loop has finished the partition pass it triggered (pyamqp channels are not
+thread-safe). Publishing happens from a separate thread-owned connection with publisher
+confirms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from typing import Any
+
+from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu.exceptions import OperationalError
+
+log = logging.getLogger("parcours.bus")
+
+EXCHANGE = Exchange("parcours.work", type="direct", durable=True)
+
+
+def partition_queue(p: int) -> Queue:
+    return Queue(
+        f"parcours.partition.{p}",
+        exchange=EXCHANGE,
+        routing_key=f"p{p}",
+        durable=True,
+        queue_arguments={"x-single-active-consumer": True},
+    )
+
+
+def _transport_options(url: str) -> dict[str, Any]:
+    if url.startswith("memory"):
+        return {"polling_interval": 0.005}
+    return {"confirm_publish": True}
+
+
+class Bus:
+    def __init__(
+        self,
+        url: str,
+        partitions: int,
+        on_notice: Callable[[int], Awaitable[None]],
+        *,
+        prefetch: int | None = None,
+    ) -> None:
+        self.url = url
+        self.partitions = partitions
+        self._on_notice = on_notice
+        self._prefetch = prefetch or max(partitions, 1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
+        self._consumer_thread: threading.Thread | None = None
+        self._publisher_thread: threading.Thread | None = None
+        self._outbox: queue.Queue[int | None] = queue.Queue()
+        # Memory transport: both threads must share one Connection's in-process broker.
+        self._memory = url.startswith("memory")
+        self.connected = False
+        self.published = 0
+        self.consumed = 0
+        self.publish_failures = 0
+
+    @property
+    def is_memory(self) -> bool:
+        return self._memory
+
+    def _connection(self) -> Connection:
+        return Connection(self.url, transport_options=_transport_options(self.url),
+                          heartbeat=0 if self._memory else 20, connect_timeout=5)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._stop.clear()
+        self._consumer_thread = threading.Thread(target=self._consume_forever,
+                                                 name="parcours-bus-consumer", daemon=True)
+        self._publisher_thread = threading.Thread(target=self._publish_forever,
+                                                  name="parcours-bus-publisher", daemon=True)
+        self._publisher_thread.start()
+        self._consumer_thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._outbox.put(None)
+        for t in (self._consumer_thread, self._publisher_thread):
+            if t is not None and t.is_alive():
+                t.join(timeout)
+
+    def notify(self, partition: int) -> None:
+        """Thread-safe, non-blocking: tell whoever owns `partition` to look at the store."""
+        self._outbox.put(partition)
+
+    # -- publisher ------------------------------------------------------------------------
+
+    def _publish_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with self._connection() as conn:
+                    conn.ensure_connection(max_retries=1)
+                    producer = Producer(conn.channel(), exchange=EXCHANGE)
+                    for p in range(self.partitions):
+                        partition_queue(p).bind(producer.channel).declare()
+                    self._publish_loop(producer)
+            except (OperationalError, OSError, ConnectionError) as exc:
+                if not self._stop.is_set():
+                    log.warning("bus publisher disconnected; retrying",
+                                extra={"error": type(exc).__name__})
+                    time.sleep(1.0)
+            except Exception:
+                if not self._stop.is_set():
+                    log.exception("bus publisher failed; retrying")
+                    time.sleep(1.0)
+
+    def _publish_loop(self, producer: Producer) -> None:
+        while not self._stop.is_set():
+            item = self._outbox.get()
+            if item is None:
+                return
+            pending = {item}
+            # Coalesce: one notice per partition per burst is enough.
+            while True:
+                try:
+                    nxt = self._outbox.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._stop.set()
+                    break
+                pending.add(nxt)
+            for p in sorted(pending):
+                try:
+                    producer.publish({"partition": p}, routing_key=f"p{p}",
+                                     delivery_mode=2, serializer="json", retry=False)
+                    self.published += 1
+                except Exception:
+                    self.publish_failures += 1
+                    # The store still has the work; the sweeper will notify again.
+                    raise
+
+    # -- consumer -------------------------------------------------------------------------
+
+    def _consume_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with self._connection() as conn:
+                    conn.ensure_connection(max_retries=1)
+                    self._consume(conn)
+            except (OperationalError, OSError, ConnectionError) as exc:
+                self.connected = False
+                if not self._stop.is_set():
+                    log.warning("bus consumer disconnected; retrying",
+                                extra={"error": type(exc).__name__})
+                    time.sleep(1.0)
+            except Exception:
+                self.connected = False
+                if not self._stop.is_set():
+                    log.exception("bus consumer failed; retrying")
+                    time.sleep(1.0)
+
+    def _consume(self, conn: Connection) -> None:
+        channel = conn.channel()
+        channel.basic_qos(0, self._prefetch, False)
+        queues = [partition_queue(p) for p in range(self.partitions)]
+        in_flight: list[tuple[Any, Future[None]]] = []
+
+        def on_message(body: dict[str, Any], message: Any) -> None:
+            p = int(body.get("partition", -1))
+            if not 0 <= p < self.partitions or self._loop is None:
+                message.ack()
+                return
+            self.consumed += 1
+            fut = asyncio.run_coroutine_threadsafe(self._on_notice(p), self._loop)
+            in_flight.append((message, fut))
+
+        with Consumer(channel, queues=queues, callbacks=[on_message], accept=["json"],
+                      no_ack=False):
+            self.connected = True
+            log.info("bus consumer ready", extra={"partitions": self.partitions,
+                                                  "transport": conn.transport_cls})
+            while not self._stop.is_set():
+                try:
+                    conn.drain_events(timeout=0.05)
+                except TimeoutError:
+                    pass
+                except OSError as exc:
+                    if "timed out" not in str(exc):
+                        raise
+                # Ack, from this thread, the notices whose partition pass has finished.
+                still: list[tuple[Any, Future[None]]] = []
+                for message, fut in in_flight:
+                    if fut.done():
+                        if fut.exception() is not None:
+                            log.error("partition pass failed",
+                                      extra={"error": repr(fut.exception())})
+                        message.ack()
+                    else:
+                        still.append((message, fut))
+                in_flight[:] = still
+        self.connected = False

@@ -1,0 +1,249 @@
+"""Delivery: drain one partition's outbox rows in order, with retry, backoff and dead-letter.
+
+Per-patient order: rows of a partition are taken in message-id order; when a delivery to a
+destination fails for a patient (or waits for its next attempt), later deliveries of the
+same patient to the same destination wait behind it ("ordering: patient", the default),
+while other patients and other destinations go on. A dead-lettered delivery no longer holds
+the line: the operator is told (dashboard, `parcours deliveries --status failed`) and decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, insert, select, update
+
+from channels.outbound.base import Destination, OutboundItem, Outcome
+
+from .models import DeliveryStatus, MessageStatus, deliveries, delivery_attempts, messages
+from .store import Store
+
+log = logging.getLogger("parcours.delivery")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 10
+    initial_delay: float = 1.0
+    max_delay: float = 300.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any] | None) -> RetryPolicy:
+        return cls(**(cfg or {}))
+
+    def delay(self, attempt: int, rnd: random.Random | None = None) -> float:
+        """Exponential backoff with ±jitter, after `attempt` failed tries (1-based)."""
+        base = min(self.max_delay, self.initial_delay * self.multiplier ** max(attempt - 1, 0))
+        spread = base * self.jitter
+        return max(0.0, base + (rnd or random).uniform(-spread, spread))
+
+
+@dataclass
+class DeliveryStats:
+    delivered: int = 0
+    retried: int = 0
+    dead: int = 0
+
+
+class DeliveryRunner:
+    def __init__(self, store: Store, *, batch: int = 200) -> None:
+        self.store = store
+        self.batch = batch
+        self.destinations: dict[str, Destination] = {}
+        self.policies: dict[str, RetryPolicy] = {}
+        self.ordering: dict[str, str] = {}
+        self.stats: dict[str, DeliveryStats] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self.notify: Callable[[int], None] = lambda p: None  # set by the engine (bus)
+        self.on_outcome: Callable[[str, str, float], None] | None = None
+
+    def configure(self, destinations: dict[str, Destination], configs: dict[str, dict[str, Any]]
+                  ) -> None:
+        self.destinations = destinations
+        self.policies = {n: RetryPolicy.from_config(c.get("retry")) for n, c in configs.items()}
+        self.ordering = {n: c.get("ordering", "patient") for n, c in configs.items()}
+
+    def stats_for(self, destination: str) -> DeliveryStats:
+        return self.stats.setdefault(destination, DeliveryStats())
+
+    # -- one partition --------------------------------------------------------------------
+
+    async def run_partition(self, partition: int) -> None:
+        """Deliver everything due in `partition`. Serialised per partition in this process;
+        the bus's single-active-consumer serialises it across processes."""
+        lock = self._locks.setdefault(partition, asyncio.Lock())
+        async with lock:
+            while True:
+                progressed, next_due = await self._pass(partition)
+                if not progressed:
+                    break
+            if next_due is not None:
+                self._schedule(partition, next_due)
+
+    def _schedule(self, partition: int, due: datetime) -> None:
+        delay = max(0.0, (due - datetime.now(UTC)).total_seconds())
+        old = self._timers.pop(partition, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[partition] = loop.call_later(delay + 0.01, self.notify, partition)
+
+    async def _pass(self, partition: int) -> tuple[bool, datetime | None]:
+        rows = await asyncio.to_thread(self._pending, partition)
+        now = datetime.now(UTC)
+        blocked: set[tuple[str, str]] = set()
+        progressed = False
+        next_due: datetime | None = None
+        for row in rows:
+            dest_name = row["destination"]
+            key = (dest_name, row["patient_key"] or f"message:{row['message_id']}")
+            ordered = self.ordering.get(dest_name, "patient") == "patient"
+            if ordered and key in blocked:
+                continue
+            due = _aware(row["next_attempt_at"])
+            if due > now:
+                next_due = due if next_due is None else min(next_due, due)
+                if ordered:
+                    blocked.add(key)
+                continue
+            destination = self.destinations.get(dest_name)
+            if destination is None:
+                outcome = Outcome.retry(f"destination {dest_name!r} is not configured "
+                                        "(removed from routes.yaml?)")
+            else:
+                outcome = await self._attempt(destination, row)
+            new_due = await asyncio.to_thread(self._record, row, outcome)
+            progressed = True
+            if outcome.kind != "delivered" and ordered:
+                blocked.add(key)
+            if new_due is not None:
+                next_due = new_due if next_due is None else min(next_due, new_due)
+        return progressed and len(rows) >= self.batch, next_due
+
+    async def _attempt(self, destination: Destination, row: dict[str, Any]) -> Outcome:
+        item = OutboundItem(
+            delivery_id=row["id"], message_id=row["message_id"], route=row["route"],
+            destination=row["destination"], payload=row["payload"],
+            content_type=row["content_type"], patient_key=row["patient_key"],
+            attempt=row["attempts"] + 1,
+            idempotency_key=f"{row['message_id']}:{row['route']}:{row['destination']}:"
+                            f"{row['generation']}",
+            headers={"channel": row.get("channel"), "message_type": row.get("message_type"),
+                     "trigger_event": row.get("trigger_event"),
+                     "control_id": row.get("control_id"), "generation": row["generation"],
+                     "received_date": _date(row.get("received_at"))},
+        )
+        started = time.perf_counter()
+        try:
+            outcome = await destination.send(item)
+        except Exception as exc:  # a destination bug must not stop the partition
+            log.exception("destination raised", extra={"delivery_id": row["id"]})
+            outcome = Outcome.retry(f"destination error: {type(exc).__name__}: {exc}")
+        if self.on_outcome:
+            self.on_outcome(row["destination"], outcome.kind, time.perf_counter() - started)
+        return outcome
+
+    # -- store ----------------------------------------------------------------------------
+
+    def _pending(self, partition: int) -> list[dict[str, Any]]:
+        q = (
+            select(deliveries, messages.c.channel, messages.c.message_type,
+                   messages.c.trigger_event, messages.c.control_id, messages.c.received_at)
+            .join(messages, messages.c.id == deliveries.c.message_id)
+            .where(deliveries.c.partition == partition,
+                   deliveries.c.status.in_((DeliveryStatus.PENDING, DeliveryStatus.RETRY)))
+            .order_by(deliveries.c.message_id, deliveries.c.id)
+            .limit(self.batch)
+        )
+        with self.store.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def _record(self, row: dict[str, Any], outcome: Outcome) -> datetime | None:
+        now = datetime.now(UTC)
+        attempts = row["attempts"] + 1
+        policy = self.policies.get(row["destination"], RetryPolicy())
+        kind = outcome.kind
+        next_due: datetime | None = None
+        if kind == "retry" and attempts >= policy.max_attempts:
+            kind = "dead"
+            detail = f"gave up after {attempts} attempts: {outcome.detail}"
+        else:
+            detail = outcome.detail
+        values: dict[str, Any] = {"attempts": attempts, "updated_at": now,
+                                  "response": outcome.response}
+        stats = self.stats_for(row["destination"])
+        if kind == "delivered":
+            values.update(status=DeliveryStatus.DELIVERED, delivered_at=now, last_error=None)
+            stats.delivered += 1
+        elif kind == "retry":
+            next_due = now + timedelta(seconds=policy.delay(attempts))
+            values.update(status=DeliveryStatus.RETRY, next_attempt_at=next_due,
+                          last_error=detail)
+            stats.retried += 1
+        else:
+            values.update(status=DeliveryStatus.DEAD, last_error=detail)
+            stats.dead += 1
+            log.warning("delivery dead-lettered",
+                        extra={"delivery_id": row["id"], "message_id": row["message_id"],
+                               "destination": row["destination"]})
+        with self.store.engine.begin() as conn:
+            conn.execute(update(deliveries).where(deliveries.c.id == row["id"]).values(**values))
+            conn.execute(insert(delivery_attempts).values(
+                delivery_id=row["id"], at=now, outcome=kind, detail=detail,
+                duration_ms=0))
+            if kind in ("delivered", "dead"):
+                _settle_message(conn, row["message_id"])
+        return next_due
+
+    # -- operator actions -----------------------------------------------------------------
+
+    def retry(self, delivery_ids: list[int]) -> list[int]:
+        """Put dead (or waiting) deliveries back in line now; returns partitions to notify."""
+        now = datetime.now(UTC)
+        parts: set[int] = set()
+        with self.store.engine.begin() as conn:
+            rows = conn.execute(select(deliveries.c.id, deliveries.c.partition,
+                                       deliveries.c.message_id, deliveries.c.status)
+                                .where(deliveries.c.id.in_(delivery_ids))).all()
+            for did, part, mid, status in rows:
+                if status == DeliveryStatus.DELIVERED:
+                    continue
+                conn.execute(update(deliveries).where(deliveries.c.id == did).values(
+                    status=DeliveryStatus.RETRY, attempts=0, next_attempt_at=now,
+                    updated_at=now))
+                conn.execute(update(messages).where(messages.c.id == mid)
+                             .values(status=MessageStatus.ROUTED))
+                parts.add(int(part))
+        return sorted(parts)
+
+
+def _settle_message(conn: Any, message_id: int) -> None:
+    """A message is done when all its deliveries are final; failed if any is dead."""
+    open_left = conn.execute(select(exists().where(and_(
+        deliveries.c.message_id == message_id,
+        deliveries.c.status.in_((DeliveryStatus.PENDING, DeliveryStatus.RETRY)))))).scalar()
+    if open_left:
+        return
+    any_dead = conn.execute(select(exists().where(and_(
+        deliveries.c.message_id == message_id,
+        deliveries.c.status == DeliveryStatus.DEAD)))).scalar()
+    conn.execute(update(messages).where(messages.c.id == message_id).values(
+        status=MessageStatus.FAILED if any_dead else MessageStatus.DONE))
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def _date(ts: Any) -> str | None:
+    return ts.strftime("%Y-%m-%d") if hasattr(ts, "strftime") else None

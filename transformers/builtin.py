@@ -1,0 +1,72 @@
+"""Transformers shipped with Parcours, by the names routes.yaml uses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .exchange import Exchange
+
+Transformer = Callable[[Exchange], Exchange | None]
+
+
+def identity(exchange: Exchange) -> Exchange:
+    """The message as received (the default when a route has no transform)."""
+    return exchange
+
+
+def hl7_to_json(exchange: Exchange) -> Exchange:
+    """A generic JSON view of an HL7 v2 message: segments → fields → repetitions → components.
+
+    For systems that want JSON without an HL7 parser; values are decoded (escapes resolved).
+    """
+    msg = exchange.message
+    if msg is None:
+        return exchange
+    segments: list[dict[str, Any]] = []
+    for seg in msg.segments:
+        fields: dict[str, Any] = {}
+        first = 3 if seg.name == "MSH" else 1
+        for n in range(first, len(seg.fields)):
+            reps = seg.repetitions(n)
+            if not reps or reps == [""]:
+                continue
+            values = []
+            for r in range(1, len(reps) + 1):
+                comps = seg.components(n, r)
+                values.append(comps[0] if len(comps) == 1 else comps)
+            fields[str(n)] = values[0] if len(values) == 1 else values
+        segments.append({"segment": seg.name, "fields": fields})
+    exchange.body = {
+        "message_id": exchange.message_id,
+        "channel": exchange.channel,
+        "type": exchange.headers.get("message_code"),
+        "control_id": exchange.headers.get("control_id"),
+        "segments": segments,
+    }
+    exchange.content_type = "application/json"
+    return exchange
+
+
+def event_summary(exchange: Exchange) -> Exchange:
+    """A small JSON event (type, ids, patient key) for systems that only need to be told."""
+    h = exchange.headers
+    exchange.body = {
+        "message_id": exchange.message_id,
+        "channel": exchange.channel,
+        "type": h.get("message_code"),
+        "control_id": h.get("control_id"),
+        "sending_application": h.get("sending_application"),
+        "sending_facility": h.get("sending_facility"),
+        "patient_key": h.get("patient_key"),
+        "received_at": h.get("received_at"),
+    }
+    exchange.content_type = "application/json"
+    return exchange
+
+
+BUILTIN: dict[str, Transformer] = {
+    "identity": identity,
+    "hl7_to_json": hl7_to_json,
+    "event_summary": event_summary,
+}
