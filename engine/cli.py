@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     rc = rsub.add_parser("check", help="validate a routes file; errors as file:line:column")
     rc.add_argument("file", nargs="?")
     rc.add_argument("--routes", help=argparse.SUPPRESS)
+    from .cli_routes import add_parsers
+
+    add_parsers(sub, rsub)
     return parser
 
 
@@ -128,6 +131,17 @@ def main(argv: list[str] | None = None) -> None:
         code = cmd_send(args)
     elif args.command == "routes" and args.routes_command == "check":
         code = cmd_routes_check(args)
+    elif args.command in ("replay", "deliveries", "retry") or args.command == "routes":
+        from . import cli_routes
+
+        settings = _settings(args)
+        handler = {
+            "replay": cli_routes.cmd_replay,
+            "deliveries": cli_routes.cmd_deliveries,
+            "retry": cli_routes.cmd_retry,
+            "routes": cli_routes.cmd_routes_test,
+        }[args.command]
+        code = handler(args, settings)
     else:  # pragma: no cover - argparse enforces the choices
         code = 2
     raise SystemExit(code)

@@ -6,9 +6,11 @@ health and channel counters. Message reads come with the care-circle auth and au
 
 from __future__ import annotations
 
+import hmac
+import os
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 if TYPE_CHECKING:
@@ -34,5 +36,31 @@ def create_app(engine: Engine) -> FastAPI:
                          "acks": s.acks, "duplicates": s.duplicates,
                          "parse_errors": s.parse_errors, "store_errors": s.store_errors}
         return out
+
+    def require_operator(request: Request) -> None:
+        """Until the operator login of issue #6: a bearer token (PARCOURS_ADMIN_TOKEN), or,
+        without one configured, only callers on this machine."""
+        token = os.environ.get("PARCOURS_ADMIN_TOKEN")
+        if token:
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(given, token):
+                raise HTTPException(401, "operator token required")
+        elif request.client is None or request.client.host not in ("127.0.0.1", "::1"):
+            raise HTTPException(403, "set PARCOURS_ADMIN_TOKEN to allow remote operators")
+
+    @app.post("/api/routes/reload")
+    async def reload_routes(request: Request) -> JSONResponse:
+        """Reload routes.yaml; a bad file keeps the running routes and answers 422."""
+        require_operator(request)
+        result = await engine.reload()
+        return JSONResponse(result, status_code=200 if result["ok"] else 422)
+
+    @app.get("/api/routes")
+    def routes(request: Request) -> dict[str, Any]:
+        require_operator(request)
+        return {"file": str(engine.settings.routes_file), "text": engine.config.text,
+                "last_reload": engine.last_reload,
+                "routes": [r.name for r in engine.config.routes],
+                "destinations": sorted(engine.config.destinations)}
 
     return app

@@ -1,4 +1,7 @@
-"""A destination that accepts everything: for benchmarks and for routes under construction."""
+"""`discard`: a destination that accepts everything, for benchmarks and routes under construction.
+
+(Not named `null`: YAML reads an unquoted null as nothing at all.)
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from .base import OutboundItem, Outcome
 
 
 class NullDestination:
-    type = "null"
+    type = "discard"
 
     def __init__(self, name: str, cfg: dict[str, Any]) -> None:
         self.name = name
