@@ -76,7 +76,8 @@ def test_undefined_references() -> None:
     assert line == 14 and "undefined destination 'nowhere'" in msg
     [(line, _, msg)] = problems(BASE.replace("  - name: r1\n", "  - name: r1\n    from: [lab]\n"))
     assert line == 12 and "undefined channel 'lab'" in msg
-    [(line, _, msg)] = problems(BASE.replace("    to: [out]", "    transform: [nope]\n    to: [out]"))
+    [(line, _, msg)] = problems(
+        BASE.replace("    to: [out]", "    transform: [nope]\n    to: [out]"))
     assert line == 14 and "unknown transformer 'nope'" in msg
     [(line, _, msg)] = problems(
         BASE.replace("    to: [out]", "    transform: ['json:nothing_here']\n    to: [out]"))
