@@ -183,9 +183,11 @@ class Engine:
                         await self._wait_wake(2.0)
                         continue
                     log.info("this process routes", extra={"store": self.store.dialect})
-                count, touched = await asyncio.to_thread(self.router.route_batch)
+                count, touched, app_acks = await asyncio.to_thread(self.router.route_batch)
                 for p in touched:
                     self.bus.notify(p)
+                if app_acks:
+                    await self._send_application_acks(app_acks)
                 if count == 0:
                     await self._wait_wake(1.0)
             except Exception:
@@ -193,6 +195,35 @@ class Engine:
                 self.is_router = False
                 await asyncio.to_thread(self.router.release_leadership)
                 await self._wait_wake(1.0)
+
+    async def _send_application_acks(self, requests: list[dict[str, Any]]) -> None:
+        from sqlalchemy import update
+
+        from .application_ack import build_application_ack
+        from .models import messages
+
+        updates = []
+        for req in requests:
+            policy = self.policies.get(req["channel"])
+            code, ack = build_application_ack(req, policy.application if policy else "PARCOURS")
+            status = "not-required"
+            if ack is not None:
+                runtime = self.channels.get(req["channel"])
+                pushed = isinstance(runtime, MLLPChannel) and bool(req["remote"]) and \
+                    runtime.server.push(req["remote"], ack)
+                status = "sent" if pushed else "undeliverable"
+                if not pushed:
+                    log.warning("application ACK could not be sent: sender connection gone",
+                                extra={"message_id": req["id"], "channel": req["channel"]})
+            updates.append({"id": req["id"], "code": code, "ack": ack, "status": status})
+
+        def save() -> None:
+            with self.store.engine.begin() as conn:
+                for u in updates:
+                    conn.execute(update(messages).where(messages.c.id == u["id"]).values(
+                        app_ack_code=u["code"], app_ack=u["ack"], app_ack_status=u["status"]))
+
+        await asyncio.to_thread(save)
 
     async def _wait_wake(self, timeout: float) -> None:
         try:

@@ -67,6 +67,12 @@ class Message(Base):
     error: Mapped[str | None] = mapped_column(Text)
     ack_code: Mapped[str | None] = mapped_column(String(2))
     ack: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Enhanced mode (MSH-16 AL/ER/SU): the application ACK built after routing, and whether it
+    # went out on the sender's connection ("sent"), was not due ("not-required"), or could not
+    # be sent because the connection was gone ("undeliverable").
+    app_ack_code: Mapped[str | None] = mapped_column(String(2))
+    app_ack: Mapped[bytes | None] = mapped_column(LargeBinary)
+    app_ack_status: Mapped[str | None] = mapped_column(String(16))
     # sha1(channel, MSH-3, MSH-4, MSH-10) on the first arrival only; unique, so two engine
     # processes racing on the same resend cannot both accept it.
     dedup_key: Mapped[str | None] = mapped_column(String(40), unique=True)

@@ -222,17 +222,22 @@ class Router:
             finally:
                 self._lock_conn = None
 
-    def route_batch(self, limit: int = 200) -> tuple[int, set[int]]:
-        """Route up to `limit` accepted messages; return (count, partitions touched)."""
+    def route_batch(self, limit: int = 200) -> tuple[int, set[int], list[dict[str, Any]]]:
+        """Route up to `limit` accepted messages.
+
+        Returns (count, partitions touched, application-ACK requests): the routed rows whose
+        sender asked for an application acknowledgement (MSH-16), with their outcome.
+        """
         now = datetime.now(UTC)
         touched: set[int] = set()
+        app_acks: list[dict[str, Any]] = []
         with self.store.engine.begin() as conn:
             rows = [dict(r) for r in conn.execute(
                 select(messages).where(messages.c.status == MessageStatus.ACCEPTED)
                 .order_by(messages.c.id).limit(limit)
             ).mappings()]
             if not rows:
-                return 0, touched
+                return 0, touched, app_acks
             new_rows: list[dict[str, Any]] = []
             for row in rows:
                 status, error, dels = self._plan(row, now, generation=0)
@@ -241,10 +246,16 @@ class Router:
                 new_rows += dels
                 conn.execute(update(messages).where(messages.c.id == row["id"])
                              .values(status=status, error=error))
+                if row.get("application_ack_type") in ("AL", "ER", "SU"):
+                    app_acks.append({"id": row["id"], "channel": row["channel"],
+                                     "remote": row["remote"], "raw": row["raw"],
+                                     "charset": row["charset"], "status": status,
+                                     "error": error,
+                                     "mode": row["application_ack_type"]})
             if new_rows:
                 conn.execute(insert(deliveries), new_rows)
         self.routed += len(rows)
-        return len(rows), touched
+        return len(rows), touched, app_acks
 
     def replay(self, message_id: int) -> tuple[int, set[int]]:
         """Route one message again through the current routes, as a new generation."""

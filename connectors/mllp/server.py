@@ -199,6 +199,17 @@ class MLLPServer:
         finally:
             self._connections.discard(conn)
 
+    def push(self, address: str, payload: bytes) -> bool:
+        """Queue an unsolicited frame on the live connection from `address` ("host:port"),
+        after the replies already owed on it. Used for HL7 enhanced-mode application
+        acknowledgements, which follow the commit ACK on the same connection. False when
+        that connection is gone (the caller decides what to do with the payload)."""
+        for conn in self._connections:
+            if conn.peer.address == address and conn.accepting_pushes():
+                conn.push(payload)
+                return True
+        return False
+
     def _notify(self, opened: bool, peer: Peer) -> None:
         if self.on_connection is None:
             return
@@ -209,6 +220,15 @@ class MLLPServer:
 
 
 _END = object()
+
+
+class _Unsolicited:
+    """A frame the engine pushes (not a reply to a frame): outside in-flight accounting."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
 
 
 class _Connection:
@@ -275,6 +295,12 @@ class _Connection:
             if admitted:
                 log.info("connection closed", extra=self._extra())
                 self.server._notify(False, self.peer)
+
+    def accepting_pushes(self) -> bool:
+        return self._write_task is not None and not self._broken and not self._stopping
+
+    def push(self, payload: bytes) -> None:
+        self._queue.put_nowait(_Unsolicited(payload))
 
     def stop_reading(self) -> None:
         """Server shutdown: take no new frames, but let queued replies be written."""
@@ -448,6 +474,10 @@ class _Connection:
             item = await self._queue.get()
             if item is _END:
                 return
+            if isinstance(item, _Unsolicited):
+                if not self._broken:
+                    await self._write_frame(item.payload)
+                continue
             try:
                 if asyncio.isfuture(item):
                     # Shielded: a forced close must not cancel work the engine owns.
@@ -467,19 +497,22 @@ class _Connection:
                 self._slots.release()
             if reply is None or self._broken:
                 continue
-            try:
-                data = frame(reply)
-            except (ValueError, TypeError):
-                self._handler_failed("handler returned an invalid reply", exc_info=True)
-                continue
-            try:
-                self.writer.write(data)
-                self.server.stats.bytes_sent += len(data)
-                await self.writer.drain()
-                self._last_activity = asyncio.get_running_loop().time()
-            except (OSError, EOFError) as exc:
-                log.info("write failed: %s", type(exc).__name__, extra=self._extra())
-                self._break()
+            await self._write_frame(reply)
+
+    async def _write_frame(self, reply: bytes) -> None:
+        try:
+            data = frame(reply)
+        except (ValueError, TypeError):
+            self._handler_failed("handler returned an invalid reply", exc_info=True)
+            return
+        try:
+            self.writer.write(data)
+            self.server.stats.bytes_sent += len(data)
+            await self.writer.drain()
+            self._last_activity = asyncio.get_running_loop().time()
+        except (OSError, EOFError) as exc:
+            log.info("write failed: %s", type(exc).__name__, extra=self._extra())
+            self._break()
 
     def _handler_failed(self, message: str, *, exc_info: bool) -> None:
         self.server.stats.handler_errors += 1

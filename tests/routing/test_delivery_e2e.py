@@ -170,3 +170,36 @@ async def test_reload_under_load_drops_nothing(make_engine: Any, tmp_path: Path)
     rows = await wait_status(eng, len(sent))
     assert sorted(r["control_id"] for r in rows) == sorted(sent)
     assert len(list(out.glob("*.hl7"))) == len(sent)
+
+
+async def test_enhanced_mode_application_ack_follows_commit_ack(make_engine: Any,
+                                                                tmp_path: Path) -> None:
+    from connectors.mllp.framing import Frame, FrameDecoder, frame
+
+    eng = await make_engine(routes(tmp_path / "out"), route=True)
+    reader, writer = await asyncio.open_connection("127.0.0.1", eng.port())
+    decoder = FrameDecoder()
+
+    async def next_frame() -> bytes:
+        while True:
+            for ev in pending:
+                pending.remove(ev)
+                return ev
+            data = await asyncio.wait_for(reader.read(65536), 10)
+            assert data, "connection closed"
+            pending.extend(e.payload for e in decoder.feed(data) if isinstance(e, Frame))
+
+    pending: list[bytes] = []
+    writer.write(frame(msg("EN-1", accept="AL", app_ack="AL").encode()))
+    assert read_ack(await next_frame())[:2] == ("CA", "EN-1")  # commit: stored
+    assert read_ack(await next_frame())[:2] == ("AA", "EN-1")  # application: routed
+    writer.write(frame(msg("EN-2", accept="NE", app_ack="ER").encode()))  # ER: only errors
+    writer.write(frame(msg("EN-3", accept="AL", app_ack="NE").encode()))
+    assert read_ack(await next_frame())[:2] == ("CA", "EN-3")
+    writer.close()
+    await wait_status(eng, 3)
+    with eng.store.engine.connect() as conn:
+        got = {r.control_id: (r.app_ack_code, r.app_ack_status) for r in conn.execute(
+            select(messages.c.control_id, messages.c.app_ack_code, messages.c.app_ack_status))}
+    assert got == {"EN-1": ("AA", "sent"), "EN-2": ("AA", "not-required"),
+                   "EN-3": (None, None)}
