@@ -15,6 +15,7 @@ from typing import Any
 from channels.folder import FileOutcome, FolderChannel, FolderSettings
 from channels.mllp import MLLPChannel, MLLPSettings
 from channels.outbound import Destination, build_destination
+from monitoring.metrics import Metrics, Snapshot
 
 from .bus import Bus
 from .config import ChannelConfig, Config, ConfigError, load_file
@@ -62,6 +63,14 @@ class Engine:
         self.bus = Bus(settings.broker_url, settings.partitions, self.runner.run_partition)
         self.runner.notify = self.bus.notify
         self.is_router = False
+        self.normalisation_counts: dict[str, int] = {}
+        self.metrics = Metrics(self._metrics_snapshot)
+        self.intake.on_ack = lambda ch, _code, seconds: (
+            self.metrics.ack_latency.labels(ch).observe(seconds))
+        self.runner.on_outcome = lambda dest, kind, seconds: (
+            self.metrics.send_duration.labels(dest, kind).observe(seconds))
+        self.runner.on_delivered = lambda dest, seconds: (
+            self.metrics.delivery_latency.labels(dest).observe(seconds))
         self.last_reload: dict[str, Any] = {"ok": True, "problems": [], "at": None}
         self._http: Any = None
         self._http_task: asyncio.Task[None] | None = None
@@ -329,6 +338,64 @@ class Engine:
         self._stop.set()
 
     # -- state for the API ----------------------------------------------------------------
+
+    def channel_snapshot(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for name, rt in self.channels.items():
+            st = self.intake.stats_for(name)
+            row: dict[str, Any] = {
+                "type": rt.state.type, "state": rt.state.state, "detail": rt.state.detail,
+                "up": rt.state.state in ("listening", "polling"), "received": st.received,
+                "bytes": st.bytes, "acks": dict(st.acks), "duplicates": st.duplicates,
+                "parse_errors": st.parse_errors, "store_errors": st.store_errors,
+                "connections_open": 0,
+            }
+            if isinstance(rt, MLLPChannel):
+                row["connections_open"] = rt.server.stats.connections_open
+            else:
+                row["files_taken"] = rt.stats.files_taken
+                row["files_failed"] = rt.stats.files_failed
+            out[name] = row
+        return out
+
+    def queue_snapshot(self) -> dict[str, tuple[int, float]]:
+        from datetime import UTC, datetime
+
+        from sqlalchemy import func, select
+
+        q = (select(deliveries.c.destination, func.count(), func.min(deliveries.c.created_at))
+             .where(deliveries.c.status.in_((DeliveryStatus.PENDING, DeliveryStatus.RETRY)))
+             .group_by(deliveries.c.destination))
+        now = datetime.now(UTC)
+        out = {name: (0, 0.0) for name in self.config.destinations}
+        with self.store.engine.connect() as conn:
+            for dest, n, oldest in conn.execute(q):
+                if oldest is not None and oldest.tzinfo is None:
+                    oldest = oldest.replace(tzinfo=UTC)
+                out[dest] = (int(n), (now - oldest).total_seconds() if oldest else 0.0)
+        return out
+
+    def _metrics_snapshot(self) -> Snapshot:
+        from sqlalchemy import func, select
+
+        from .models import messages
+
+        with self.store.engine.connect() as conn:
+            by_status = {s: int(n) for s, n in conn.execute(
+                select(messages.c.status, func.count()).group_by(messages.c.status))}
+        destinations = {name: {"delivered": st.delivered, "retried": st.retried,
+                               "dead": st.dead} for name, st in self.runner.stats.items()}
+        for name in self.config.destinations:
+            destinations.setdefault(name, {"delivered": 0, "retried": 0, "dead": 0})
+        return Snapshot(
+            channels=self.channel_snapshot(), destinations=destinations,
+            queues=self.queue_snapshot(), normalisation=dict(self.normalisation_counts),
+            backlog_codes=self.backlog_size(), messages_by_status=by_status,
+        )
+
+    def backlog_size(self) -> int:
+        """Distinct unmapped codes (issue #4 backlog); 0 until the backlog table exists."""
+        return 0
 
     def health(self) -> dict[str, Any]:
         try:

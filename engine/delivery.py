@@ -66,6 +66,7 @@ class DeliveryRunner:
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self.notify: Callable[[int], None] = lambda p: None  # set by the engine (bus)
         self.on_outcome: Callable[[str, str, float], None] | None = None
+        self.on_delivered: Callable[[str, float], None] | None = None  # end-to-end seconds
 
     def configure(self, destinations: dict[str, Destination], configs: dict[str, dict[str, Any]]
                   ) -> None:
@@ -185,6 +186,9 @@ class DeliveryRunner:
         if kind == "delivered":
             values.update(status=DeliveryStatus.DELIVERED, delivered_at=now, last_error=None)
             stats.delivered += 1
+            received = row.get("received_at")
+            if self.on_delivered and received is not None:
+                self.on_delivered(row["destination"], (now - _aware(received)).total_seconds())
         elif kind == "retry":
             next_due = now + timedelta(seconds=policy.delay(attempts))
             values.update(status=DeliveryStatus.RETRY, next_attempt_at=next_due,

@@ -11,7 +11,8 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
     from .app import Engine
@@ -28,14 +29,12 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.get("/api/channels")
     def channels() -> dict[str, Any]:
-        out = {}
-        for name, rt in engine.channels.items():
-            s = engine.intake.stats_for(name)
-            out[name] = {"type": rt.state.type, "state": rt.state.state,
-                         "detail": rt.state.detail, "received": s.received, "bytes": s.bytes,
-                         "acks": s.acks, "duplicates": s.duplicates,
-                         "parse_errors": s.parse_errors, "store_errors": s.store_errors}
-        return out
+        return engine.channel_snapshot()
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus exposition format (text 0.0.4)."""
+        return Response(engine.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     def require_operator(request: Request) -> None:
         """Until the operator login of issue #6: a bearer token (PARCOURS_ADMIN_TOKEN), or,

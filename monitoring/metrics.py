@@ -1,0 +1,156 @@
+"""Prometheus metrics (prometheus-client), following the naming conventions: base units in
+names (`_seconds`, `_bytes`), `_total` for counters, and bounded label sets — a channel, a
+destination, an ACK code, an outcome; never a patient id or a message id.
+
+Counters that parts of the engine already keep (intake, listener and delivery statistics) are
+read at scrape time by a collector, so the hot path pays nothing for them; only latency
+histograms are observed as events happen. The queue gauges come from the store, which is the
+truth after a restart, cached for a couple of seconds so a scrape storm cannot load it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0)
+E2E_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+               3600.0)
+
+
+@dataclass
+class Snapshot:
+    """What the collector reads: plain numbers gathered by the engine at scrape time."""
+
+    channels: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    destinations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    queues: Mapping[str, tuple[int, float]] = field(default_factory=dict)  # depth, oldest age
+    normalisation: Mapping[str, int] = field(default_factory=dict)  # outcome -> count
+    backlog_codes: int = 0
+    messages_by_status: Mapping[str, int] = field(default_factory=dict)
+
+
+class _Collector:
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        s = self._snapshot()
+        received = CounterMetricFamily("parcours_channel_messages_received",
+                                       "Messages received, per channel.", labels=["channel"])
+        rbytes = CounterMetricFamily("parcours_channel_received_bytes",
+                                     "Bytes of messages received, per channel.",
+                                     labels=["channel"])
+        acks = CounterMetricFamily("parcours_channel_acks_sent",
+                                   "Acknowledgements sent, per channel and MSA-1 code.",
+                                   labels=["channel", "code"])
+        parse = CounterMetricFamily("parcours_channel_parse_errors",
+                                    "Messages whose MSH or character set could not be read.",
+                                    labels=["channel"])
+        dups = CounterMetricFamily("parcours_channel_duplicates",
+                                   "Resent messages recognised as duplicates.",
+                                   labels=["channel"])
+        conns = GaugeMetricFamily("parcours_channel_open_connections",
+                                  "Open MLLP connections, per channel.", labels=["channel"])
+        up = GaugeMetricFamily("parcours_channel_up",
+                               "1 when the channel listens or polls, else 0.",
+                               labels=["channel", "type"])
+        for name, c in s.channels.items():
+            received.add_metric([name], c.get("received", 0))
+            rbytes.add_metric([name], c.get("bytes", 0))
+            parse.add_metric([name], c.get("parse_errors", 0))
+            dups.add_metric([name], c.get("duplicates", 0))
+            conns.add_metric([name], c.get("connections_open", 0))
+            up.add_metric([name, c.get("type", "")], 1 if c.get("up") else 0)
+            for code, n in c.get("acks", {}).items():
+                acks.add_metric([name, code], n)
+        yield from (received, rbytes, acks, parse, dups, conns, up)
+
+        delivered = CounterMetricFamily("parcours_destination_delivered",
+                                        "Deliveries that succeeded.", labels=["destination"])
+        retried = CounterMetricFamily("parcours_destination_retries",
+                                      "Delivery attempts that failed and will be retried.",
+                                      labels=["destination"])
+        dead = CounterMetricFamily("parcours_destination_dead_letters",
+                                   "Deliveries given up (dead-letter).", labels=["destination"])
+        for name, d in s.destinations.items():
+            delivered.add_metric([name], d.get("delivered", 0))
+            retried.add_metric([name], d.get("retried", 0))
+            dead.add_metric([name], d.get("dead", 0))
+        yield from (delivered, retried, dead)
+
+        depth = GaugeMetricFamily("parcours_destination_queue_depth",
+                                  "Deliveries waiting (pending or retry), from the store.",
+                                  labels=["destination"])
+        age = GaugeMetricFamily("parcours_destination_oldest_pending_age_seconds",
+                                "Age of the oldest waiting delivery, from the store.",
+                                labels=["destination"])
+        for name, (n, oldest) in s.queues.items():
+            depth.add_metric([name], n)
+            age.add_metric([name], oldest)
+        yield from (depth, age)
+
+        obs = CounterMetricFamily("parcours_normalisation_observations",
+                                  "Observations through LOINC/UCUM normalisation, by outcome.",
+                                  labels=["outcome"])
+        for outcome, n in s.normalisation.items():
+            obs.add_metric([outcome], n)
+        yield obs
+        backlog = GaugeMetricFamily("parcours_mapping_backlog_codes",
+                                    "Distinct local codes waiting for a LOINC mapping.")
+        backlog.add_metric([], s.backlog_codes)
+        yield backlog
+        stored = GaugeMetricFamily("parcours_store_messages",
+                                   "Messages in the store, by status.", labels=["status"])
+        for status, n in s.messages_by_status.items():
+            stored.add_metric([status], n)
+        yield stored
+
+
+class Metrics:
+    """One registry per engine (tests run several engines in one process)."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot], cache_seconds: float = 2.0) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._snapshot_fn = snapshot
+        self._cache_seconds = cache_seconds
+        self._cached: tuple[float, Snapshot] | None = None
+        self.ack_latency = Histogram(
+            "parcours_channel_ack_latency_seconds",
+            "From a complete frame to its ACK being released (store commit included).",
+            ["channel"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.delivery_latency = Histogram(
+            "parcours_destination_end_to_end_latency_seconds",
+            "From reception of a message to its successful delivery.",
+            ["destination"], buckets=E2E_BUCKETS, registry=self.registry)
+        self.send_duration = Histogram(
+            "parcours_destination_send_duration_seconds",
+            "Duration of one delivery attempt.", ["destination", "outcome"],
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.registry.register(_Collector(self._snapshot))
+
+    def _snapshot(self) -> Snapshot:
+        now = time.monotonic()
+        if self._cached is None or now - self._cached[0] > self._cache_seconds:
+            self._cached = (now, self._snapshot_fn())
+        return self._cached[1]
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def names(self) -> set[str]:
+        """Every series name the engine can expose, observed yet or not (tests check that
+        dashboards and alert rules only use these)."""
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
+                    "gauge": ("",)}
+        out: set[str] = set()
+        for metric in self.registry.collect():
+            for suffix in suffixes.get(metric.type, ("",)):
+                out.add(metric.name + suffix)
+        return out
