@@ -1,0 +1,1 @@
+"""Laboratory result helpers used by the LOINC normalisation transformer."""
