@@ -50,6 +50,9 @@ class Engine:
         self.settings = settings
         self.config = config
         self.store = Store(settings.store_url)
+        from transformers.lab.transformer import configure as configure_lab
+
+        self.lab = configure_lab(settings.mappings_dir)
         self.committer = GroupCommitter(self.store.save_arrivals, on_commit=self._committed)
         self.intake = Intake(self.committer)
         self.file_intake = FileIntake(self.store, self.intake)
@@ -63,7 +66,6 @@ class Engine:
         self.bus = Bus(settings.broker_url, settings.partitions, self.runner.run_partition)
         self.runner.notify = self.bus.notify
         self.is_router = False
-        self.normalisation_counts: dict[str, int] = {}
         self.metrics = Metrics(self._metrics_snapshot)
         self.intake.on_ack = lambda ch, _code, seconds: (
             self.metrics.ack_latency.labels(ch).observe(seconds))
@@ -389,13 +391,15 @@ class Engine:
             destinations.setdefault(name, {"delivered": 0, "retried": 0, "dead": 0})
         return Snapshot(
             channels=self.channel_snapshot(), destinations=destinations,
-            queues=self.queue_snapshot(), normalisation=dict(self.normalisation_counts),
+            queues=self.queue_snapshot(), normalisation=dict(self.router.normalisation_counts),
             backlog_codes=self.backlog_size(), messages_by_status=by_status,
         )
 
     def backlog_size(self) -> int:
-        """Distinct unmapped codes (issue #4 backlog); 0 until the backlog table exists."""
-        return 0
+        """Distinct unmapped codes still open in the mapping backlog (issue #4)."""
+        from .backlog import size
+
+        return size(self.store)
 
     def health(self) -> dict[str, Any]:
         try:

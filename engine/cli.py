@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_routes import add_parsers
 
     add_parsers(sub, rsub)
+    from . import cli_mappings
+
+    cli_mappings.add_parsers(sub)
     return parser
 
 
@@ -131,6 +134,10 @@ def main(argv: list[str] | None = None) -> None:
         code = cmd_send(args)
     elif args.command == "routes" and args.routes_command == "check":
         code = cmd_routes_check(args)
+    elif args.command == "mappings":
+        from . import cli_mappings
+
+        code = cli_mappings.run(args, _settings(args))
     elif args.command in ("replay", "deliveries", "retry") or args.command == "routes":
         from . import cli_routes
 

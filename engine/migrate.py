@@ -18,7 +18,8 @@ def alembic_config(engine: Engine) -> Config:
     return cfg
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(engine: Engine, revision: str = "heads") -> None:
+    """'heads': features developed side by side add their own branch of revisions."""
     command.upgrade(alembic_config(engine), revision)
 
 

@@ -161,7 +161,45 @@ class DeliveryAttempt(Base):
     duration_ms: Mapped[int] = mapped_column(Integer)
 
 
+class MappingBacklog(Base):
+    """A local lab code the normalisation could not map: what an operator works through."""
+
+    __tablename__ = "mapping_backlog"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    sender: Mapped[str] = mapped_column(String(255))
+    performing_lab: Mapped[str] = mapped_column(String(255))
+    code: Mapped[str] = mapped_column(String(255))
+    coding_system: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str | None] = mapped_column(String(512))
+    unit: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(String(64))
+    example_value: Mapped[str | None] = mapped_column(String(255))
+    count: Mapped[int] = mapped_column(Integer)
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16), index=True)  # open | mapped
+    loinc: Mapped[str | None] = mapped_column(String(16))
+
+    __table_args__ = (
+        UniqueConstraint("sender", "performing_lab", "code", "coding_system",
+                         name="uq_mapping_backlog"),
+    )
+
+
+class MappingBacklogMessage(Base):
+    """Which messages carried a backlog code: reprocessed once the code is mapped."""
+
+    __tablename__ = "mapping_backlog_messages"
+
+    backlog_id: Mapped[int] = mapped_column(BigId, ForeignKey("mapping_backlog.id"),
+                                            primary_key=True)
+    message_id: Mapped[int] = mapped_column(BigId, ForeignKey("messages.id"), primary_key=True)
+
+
 messages = Message.__table__
+mapping_backlog = MappingBacklog.__table__
+mapping_backlog_messages = MappingBacklogMessage.__table__
 deliveries = Delivery.__table__
 delivery_attempts = DeliveryAttempt.__table__
 inbound_files = InboundFile.__table__

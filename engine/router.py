@@ -57,6 +57,9 @@ class RouteResult:
     error: str | None = None  # transformer exception
     steps: list[tuple[str, str]] = field(default_factory=list)  # (transformer, output preview)
     payloads: list[DestinationPayload] = field(default_factory=list)
+    # Side information transformers leave in headers for the engine (not for destinations).
+    backlog: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 def exchange_from_row(row: dict[str, Any]) -> Exchange:
@@ -159,6 +162,7 @@ class Router:
         self._resolve = resolve
         self.set_config(config)
         self.routed = 0
+        self.normalisation_counts: dict[str, int] = {}
         self._lock_conn: Connection | None = None
 
     def set_config(self, config: Config) -> None:
@@ -193,6 +197,8 @@ class Router:
             if current is not None:
                 body, ctype = current.payload()
                 result.payloads = [DestinationPayload(d, body, ctype) for d in route.cfg.to]
+                result.backlog = list(current.headers.get("mapping_backlog") or [])
+                result.counts = dict(current.headers.get("normalisation_counts") or {})
             elif result.error:
                 result.payloads = [DestinationPayload(d, b"", "text/plain")
                                    for d in route.cfg.to]
@@ -240,7 +246,7 @@ class Router:
                 return 0, touched, app_acks
             new_rows: list[dict[str, Any]] = []
             for row in rows:
-                status, error, dels = self._plan(row, now, generation=0)
+                status, error, dels = self._plan(row, now, generation=0, conn=conn)
                 for d in dels:
                     touched.add(d["partition"])
                 new_rows += dels
@@ -269,17 +275,26 @@ class Router:
             gen = conn.execute(select(func.max(deliveries.c.generation))
                                .where(deliveries.c.message_id == message_id)).scalar()
             generation = 0 if gen is None else int(gen) + 1
-            status, error, dels = self._plan(r, now, generation=generation)
+            status, error, dels = self._plan(r, now, generation=generation, conn=conn)
             if dels:
                 conn.execute(insert(deliveries), dels)
             conn.execute(update(messages).where(messages.c.id == message_id)
                          .values(status=status, error=error))
         return len(dels), {d["partition"] for d in dels}
 
-    def _plan(self, row: dict[str, Any], now: datetime, generation: int
-              ) -> tuple[str, str | None, list[dict[str, Any]]]:
+    def _plan(self, row: dict[str, Any], now: datetime, generation: int,
+              conn: Connection | None = None) -> tuple[str, str | None, list[dict[str, Any]]]:
         ex = exchange_from_row(row)
         results = self.evaluate(ex)
+        backlog_entries = [b for r in results for b in r.backlog]
+        if conn is not None and backlog_entries:
+            from .backlog import record
+
+            record(conn, int(row["id"]), backlog_entries)
+        # Count each message's observations once, even when several routes normalise it.
+        counts = next((r.counts for r in results if r.counts), {})
+        for outcome, n in counts.items():
+            self.normalisation_counts[outcome] = self.normalisation_counts.get(outcome, 0) + n
         part = partition_of(row.get("patient_key"), int(row["id"]), self.partitions)
         dels: list[dict[str, Any]] = []
         errors: list[str] = []

@@ -20,6 +20,7 @@ class Settings:
     broker_url: str
     routes_file: Path
     log_level: str
+    mappings_dir: Path = Path(__file__).resolve().parent.parent / "mappings"
     partitions: int = 8
     sweep_interval: float = 2.0
 
@@ -37,6 +38,8 @@ class Settings:
             "routes_file": Path(e.get("PARCOURS_ROUTES", "routes.yaml")),
             "log_level": e.get("PARCOURS_LOG_LEVEL", "INFO"),
             "partitions": int(e.get("PARCOURS_PARTITIONS", "8")),
+            "mappings_dir": Path(e.get("PARCOURS_MAPPINGS_DIR")
+                                 or Path(__file__).resolve().parent.parent / "mappings"),
             "sweep_interval": float(e.get("PARCOURS_SWEEP_INTERVAL", "2.0")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -127,7 +127,7 @@ async def make_engine(
     async def factory(
         text: str | None = None, *, store_url: str | None = None, http: bool = False,
         home: Path | None = None, route: bool = False, broker_url: str | None = None,
-        partitions: int | None = None,
+        partitions: int | None = None, extra_env: dict[str, str] | None = None,
     ) -> RunningEngine:
         """route=False keeps intake tests looking at what intake did, before the router."""
         home = home or tmp_path / "home"
@@ -137,6 +137,7 @@ async def make_engine(
         if partitions:
             env["PARCOURS_PARTITIONS"] = str(partitions)
         env["PARCOURS_SWEEP_INTERVAL"] = "0.5"
+        env.update(extra_env or {})
         settings = Settings.from_env(env, store_url=store_url or None)
         config = load_text(text or routes_text(), env=settings.interpolation_env())
         engine = Engine(settings, config)

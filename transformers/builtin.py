@@ -65,8 +65,16 @@ def event_summary(exchange: Exchange) -> Exchange:
     return exchange
 
 
+def normalise_lab(exchange: Exchange) -> Exchange | None:
+    """LOINC/UCUM normalisation of an ORU (loaded on first use: the catalogue is large)."""
+    from .lab.transformer import normalise_lab as run
+
+    return run(exchange)
+
+
 BUILTIN: dict[str, Transformer] = {
     "identity": identity,
+    "normalise_lab": normalise_lab,
     "hl7_to_json": hl7_to_json,
     "event_summary": event_summary,
 }

@@ -1,0 +1,126 @@
+"""`normalise_lab`: the routes.yaml transformer around `normalise_observations`.
+
+The catalogue and mappings are loaded once and shared; `configure` points them at a site's
+own mapping folder and `reload_mappings` picks up an accepted mapping without a restart.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from loinc.catalogue import Catalogue, load_catalogue
+from mappings.loader import MappingSet, load_mappings
+from transformers.exchange import Exchange
+from transformers.lab.er7 import Er7Error, observations_from_oru
+from transformers.normalise import normalise_observations
+
+DEFAULT_MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
+
+
+class LabContext:
+    def __init__(self, mapping_dir: Path = DEFAULT_MAPPINGS) -> None:
+        self.mapping_dir = mapping_dir
+        self._lock = threading.Lock()
+        self._catalogue: Catalogue | None = None
+        self._mappings: MappingSet | None = None
+        self._stamp: float = 0.0
+        self._checked: float = 0.0
+
+    @property
+    def catalogue(self) -> Catalogue:
+        with self._lock:
+            if self._catalogue is None:
+                self._catalogue = load_catalogue()
+            return self._catalogue
+
+    def _files_stamp(self) -> float:
+        return max((p.stat().st_mtime for p in self.mapping_dir.glob("*.y*ml")), default=0.0)
+
+    @property
+    def mappings(self) -> MappingSet:
+        """Reloaded when a mapping file changes (checked at most every 5 s), so a mapping an
+        operator accepts from the command line reaches a running engine without a restart."""
+        cat = self.catalogue
+        with self._lock:
+            now = time.monotonic()
+            if self._mappings is not None and now - self._checked > 5.0:
+                self._checked = now
+                if self._files_stamp() != self._stamp:
+                    self._mappings = None
+            if self._mappings is None:
+                self._stamp = self._files_stamp()
+                self._checked = now
+                self._mappings = load_mappings(self.mapping_dir, catalogue=cat)
+            return self._mappings
+
+    def reload_mappings(self) -> None:
+        with self._lock:
+            self._mappings = None
+
+
+_context = LabContext()
+
+
+def configure(mapping_dir: Path) -> LabContext:
+    global _context
+    _context = LabContext(mapping_dir)
+    return _context
+
+
+def context() -> LabContext:
+    return _context
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def normalise_exchange(exchange: Exchange) -> dict[str, Any]:
+    """Normalised observations of an ORU, as plain JSON-ready data (also used by oru events)."""
+    ctx = _context
+    sender, raw_obs = observations_from_oru(exchange.text)
+    result = normalise_observations(raw_obs, sender=sender, catalogue=ctx.catalogue,
+                                    mappings=ctx.mappings)
+    observations = [jsonable(asdict(o)) for o in result.observations]
+    backlog = [asdict(b) for b in result.backlog]
+    counts: dict[str, int] = {}
+    for o in result.observations:
+        counts[o.outcome] = counts.get(o.outcome, 0) + 1
+    return {"sender": sender, "observations": observations, "backlog": backlog,
+            "counts": counts}
+
+
+def normalise_lab(exchange: Exchange) -> Exchange | None:
+    """ORU^R01 → JSON: each OBX with LOINC, canonical value/unit/range and its original.
+
+    Unmapped codes are kept as received and reported in `headers["mapping_backlog"]`, which
+    the engine records in the mapping backlog.
+    """
+    if exchange.message is None or exchange.headers.get("message_type") != "ORU":
+        return exchange
+    try:
+        data = normalise_exchange(exchange)
+    except Er7Error as exc:
+        raise ValueError(f"ORU could not be read for normalisation: {exc}") from None
+    exchange.headers["mapping_backlog"] = data["backlog"]
+    exchange.headers["normalisation_counts"] = data["counts"]
+    exchange.body = {
+        "message_id": exchange.message_id,
+        "control_id": exchange.headers.get("control_id"),
+        "sender": data["sender"],
+        "patient_key": exchange.headers.get("patient_key"),
+        "observations": data["observations"],
+    }
+    exchange.content_type = "application/json"
+    return exchange
