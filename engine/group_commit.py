@@ -30,7 +30,7 @@ class _Pending:
 class GroupCommitter:
     def __init__(
         self,
-        save: Callable[[list[Arrival]], list[Saved]],
+        save: Callable[[list[Arrival]], list[Saved | Exception]],
         *,
         max_batch: int = 512,
         on_commit: Callable[[int, float], None] | None = None,
@@ -89,7 +89,10 @@ class GroupCommitter:
             if self._on_commit:
                 self._on_commit(len(batch), time.perf_counter() - started)
             for p, s in zip(batch, saved, strict=True):
-                p.loop.call_soon_threadsafe(_resolve, p.future, s)
+                if isinstance(s, Exception):  # refused alone, after a split batch
+                    p.loop.call_soon_threadsafe(_fail, p.future, s)
+                else:
+                    p.loop.call_soon_threadsafe(_resolve, p.future, s)
 
 
 def _resolve(fut: asyncio.Future[Saved], value: Saved) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, insert, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from .models import MessageStatus, inbound_files, messages
@@ -63,6 +63,16 @@ class Arrival:
     dedup: str | None = None  # dedup_key(...) when the message can be deduplicated
 
     def row(self) -> dict[str, Any]:
+        row = self._row()
+        for k, v in row.items():
+            # PostgreSQL text refuses NUL; a \X00\ in PID-3 or a NUL in MSH-10 must not cost
+            # the message (or its group-commit neighbours) its place in the store. The raw
+            # bytes keep the NUL; only the indexed copies are altered.
+            if isinstance(v, str) and "\x00" in v:
+                row[k] = v.replace("\x00", "\ufffd")
+        return row
+
+    def _row(self) -> dict[str, Any]:
         return {
             "channel": self.channel,
             "received_at": self.received_at,
@@ -162,6 +172,20 @@ class Store:
             log.info("dedup race with another process; retrying batch row by row")
             with self.engine.begin() as conn:
                 return self._save(conn, arrivals, per_row=True)
+        except SQLAlchemyError:
+            if len(arrivals) == 1:
+                raise
+            # One arrival the database refuses must not fail its neighbours: commit them one
+            # by one; the refused one alone gets the error (and its sender an AR).
+            log.warning("group commit failed; retrying arrivals one by one",
+                        extra={"batch": len(arrivals)})
+            out: list[Saved | Exception] = []
+            for a in arrivals:
+                try:
+                    out.extend(self.save_arrivals([a]))
+                except SQLAlchemyError as exc:
+                    out.append(exc)
+            return out  # type: ignore[return-value]
 
     def _save(self, conn: Connection, arrivals: list[Arrival], per_row: bool) -> list[Saved]:
         keys = {a.dedup for a in arrivals if a.dedup}
