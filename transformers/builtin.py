@@ -72,9 +72,36 @@ def normalise_lab(exchange: Exchange) -> Exchange | None:
     return run(exchange)
 
 
+def _events(module: str, name: str) -> Transformer:
+    """Timeline event transformers (issue #5), imported on first use like normalise_lab."""
+
+    def run(exchange: Exchange) -> Exchange | None:
+        import importlib
+
+        return getattr(importlib.import_module(f"transformers.events.{module}"), name)(exchange)
+
+    run.__name__ = name
+    run.__doc__ = f"transformers.events.{module}.{name}"
+    return run
+
+
+def crbio(exchange: Exchange) -> Exchange | None:
+    """ORU^R01 → CR-BIO CDA document for the DMP (loaded on first use)."""
+    from .cda.to_crbio import to_crbio
+
+    return to_crbio(exchange)
+
+
 BUILTIN: dict[str, Transformer] = {
     "identity": identity,
     "normalise_lab": normalise_lab,
     "hl7_to_json": hl7_to_json,
     "event_summary": event_summary,
+    "adt_events": _events("adt", "adt_events"),
+    "oru_events": _events("oru", "oru_events"),
+    "mdm_events": _events("oru", "mdm_events"),
+    "orm_events": _events("orm", "orm_events"),
+    "siu_events": _events("siu", "siu_events"),
+    "cda_events": _events("cda", "cda_events"),
+    "crbio": crbio,
 }

@@ -28,11 +28,12 @@ def build_destination(name: str, cfg: dict[str, Any]) -> Destination:
 
 def _register_builtin() -> None:
     from .amqp import AMQPDestination
+    from .dmp import DMPDestination
     from .file import FileDestination
     from .http import HTTPDestination
     from .mllp import MLLPDestination
     from .null import NullDestination
 
-    for cls in (AMQPDestination, FileDestination, HTTPDestination, MLLPDestination,
-                NullDestination):
+    for cls in (AMQPDestination, DMPDestination, FileDestination, HTTPDestination,
+                MLLPDestination, NullDestination):
         _FACTORIES.setdefault(cls.type, cls)  # type: ignore[arg-type]

@@ -1,0 +1,158 @@
+"""VIHF: the SAML 2.0 assertion the DMP requires in WS-Security (CI-SIS "Volet Gestion
+Sécurité" / DMP integration guide; mapping from the ANS HL7 v2 CDA transmission guide).
+
+Why it is signed here, with the structure's certificate ("certificat de cachet"): Parcours
+feeds the DMP in indirect authentication mode, as an automated process acting for a care
+structure; the DMP trusts the assertion because the structure signed it (XML-DSig enveloped,
+RSA-SHA256, exclusive c14n, as in the ANS example).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from lxml import etree
+from signxml import SignatureConfiguration, XMLSigner, XMLVerifier
+from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureMethod
+
+SAML = "urn:oasis:names:tc:SAML:2.0:assertion"
+DS = "http://www.w3.org/2000/09/xmldsig#"
+XSI = "http://www.w3.org/2001/XMLSchema-instance"
+XS = "http://www.w3.org/2001/XMLSchema"
+V3 = "urn:hl7-org:v3"
+X509_SUBJECT = "urn:oasis:names:tc:SAML:1.1:nameid-format:X509SubjectName"
+
+
+@dataclass(frozen=True)
+class Role:
+    code: str
+    code_system: str
+    display: str = ""
+
+
+@dataclass
+class VIHFIdentity:
+    """Who feeds the DMP. Defaults describe an automated feed ("traitement automatisé")."""
+
+    name_id: str  # Subject/NameID: id of the person responsible for the processing
+    subject_name: str  # subject-id: software name, model and service
+    structure_id: str  # Identifiant_Structure (FINESS / SIRET of the structure)
+    sector: str = "SA25^1.2.250.1.71.4.2.4"  # Secteur_Activite (JDV_J61)
+    roles: list[Role] = field(default_factory=lambda: [Role("AUTOMATE", "1.2.250.1.213.1.1.4.6",
+                                                            "Automate")])
+    lps_name: str = "Parcours"
+    lps_version: str = "0.1"
+    lps_homologation: str = ""  # LPS_ID_HOMOLOGATION_DMP, given by the ANS
+    purpose_of_use: Role = Role("normal", "1.2.250.1.213.1.1.4.248", "Accès normal")
+    authn_context: str = "urn:oasis:names:tc:SAML:2.0:ac:classes:unspecified"
+    vihf_version: str = "3.0"
+
+
+def _attr(stmt: etree._Element, name: str, value: str | etree._Element) -> None:
+    a = etree.SubElement(stmt, f"{{{SAML}}}Attribute", Name=name)
+    v = etree.SubElement(a, f"{{{SAML}}}AttributeValue")
+    if isinstance(value, str):
+        v.text = value
+    else:
+        v.append(value)
+
+
+def _coded(tag: str, r: Role) -> etree._Element:
+    el = etree.Element(f"{{{V3}}}{tag}", nsmap={None: V3, "xsi": XSI})
+    el.set(f"{{{XSI}}}type", "CE")
+    el.set("code", r.code)
+    el.set("codeSystem", r.code_system)
+    if r.display:
+        el.set("displayName", r.display)
+    return el
+
+
+def issuer_dn(cert_pem: bytes) -> str:
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return cert.subject.rfc4514_string()
+
+
+def build_assertion(identity: VIHFIdentity, patient_cx: str, cert_pem: bytes, key_pem: bytes,
+                    *, now: datetime | None = None, lifetime: timedelta = timedelta(minutes=5),
+                    confidential_access: bool = False) -> etree._Element:
+    """A signed VIHF assertion for one patient (resource-id = the INS as CX)."""
+    now = now or datetime.now(UTC)
+    instant = now.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    aid = f"_{uuid.uuid4()}"
+    a = etree.Element(f"{{{SAML}}}Assertion", nsmap={None: SAML, "xsi": XSI, "xs": XS},
+                      ID=aid, IssueInstant=instant, Version="2.0")
+    issuer = etree.SubElement(a, f"{{{SAML}}}Issuer", Format=X509_SUBJECT)
+    issuer.text = issuer_dn(cert_pem)
+    # SAML core §5.4.1: the enveloped signature follows Issuer (signxml fills the placeholder).
+    etree.SubElement(a, f"{{{DS}}}Signature", nsmap={"ds": DS}, Id="placeholder")
+    subject = etree.SubElement(a, f"{{{SAML}}}Subject")
+    etree.SubElement(subject, f"{{{SAML}}}NameID").text = identity.name_id
+    etree.SubElement(a, f"{{{SAML}}}Conditions", NotBefore=(now - timedelta(seconds=30)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"), NotOnOrAfter=(now + lifetime).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    authn = etree.SubElement(a, f"{{{SAML}}}AuthnStatement", AuthnInstant=instant)
+    ctx = etree.SubElement(authn, f"{{{SAML}}}AuthnContext")
+    etree.SubElement(ctx, f"{{{SAML}}}AuthnContextClassRef").text = identity.authn_context
+    stmt = etree.SubElement(a, f"{{{SAML}}}AttributeStatement")
+    _attr(stmt, "VIHF_Version", identity.vihf_version)
+    _attr(stmt, "Authentification_Mode", "INDIRECTE")
+    _attr(stmt, "Identifiant_Structure", identity.structure_id)
+    _attr(stmt, "Secteur_Activite", identity.sector)
+    _attr(stmt, "urn:oasis:names:tc:xspa:1.0:subject:subject-id", identity.subject_name)
+    for role in identity.roles:
+        _attr(stmt, "urn:oasis:names:tc:xacml:2.0:subject:role", _coded("Role", role))
+    _attr(stmt, "urn:oasis:names:tc:xspa:1.0:subject:purposeofuse",
+          _coded("PurposeOfUse", identity.purpose_of_use))
+    _attr(stmt, "urn:oasis:names:tc:xacml:2.0:resource:resource-id", patient_cx)
+    _attr(stmt, "Ressource_URN", "urn:dmp")
+    if confidential_access:
+        _attr(stmt, "urn:oasis:names:tc:xspa:1.0:resource:patient:hl7:confidentiality-code",
+              _coded("ConfidentialityCode", Role("R", "2.16.840.1.113883.5.25")))
+    _attr(stmt, "LPS_Nom", identity.lps_name)
+    _attr(stmt, "LPS_Version", identity.lps_version)
+    if identity.lps_homologation:
+        _attr(stmt, "LPS_ID_HOMOLOGATION_DMP", identity.lps_homologation)
+    signer = XMLSigner(
+        signature_algorithm=SignatureMethod.RSA_SHA256,
+        digest_algorithm=DigestAlgorithm.SHA256,
+        c14n_algorithm=CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0,
+    )
+    return signer.sign(a, key=key_pem, cert=cert_pem.decode("ascii"), reference_uri=f"#{aid}")
+
+
+def assertion_attributes(assertion: etree._Element) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for a in assertion.iter(f"{{{SAML}}}Attribute"):
+        values = []
+        for v in a.findall(f"{{{SAML}}}AttributeValue"):
+            values.append(v.text.strip() if v.text and v.text.strip() else
+                          (v[0].get("code", "") if len(v) else ""))
+        out[a.get("Name", "")] = values
+    return out
+
+
+class InvalidAssertion(ValueError):
+    pass
+
+
+def verify_assertion(assertion: etree._Element, cert_pem: bytes) -> dict[str, list[str]]:
+    """Check the signature against the expected certificate and the validity window; returns
+    the attributes. Raises InvalidAssertion with a reason a DMP operator would understand."""
+    standalone = etree.fromstring(etree.tostring(assertion))
+    try:
+        XMLVerifier().verify(
+            standalone, x509_cert=cert_pem.decode("ascii"),
+            expect_config=SignatureConfiguration(
+                signature_methods=frozenset({SignatureMethod.RSA_SHA256}),
+                digest_algorithms=frozenset({DigestAlgorithm.SHA256})),
+        )
+    except Exception as exc:  # signxml raises InvalidSignature/InvalidInput/…
+        raise InvalidAssertion(f"VIHF signature invalid: {exc}") from None
+    cond = standalone.find(f"{{{SAML}}}Conditions")
+    if cond is not None and cond.get("NotOnOrAfter"):
+        end = datetime.strptime(cond.get("NotOnOrAfter", ""), "%Y-%m-%dT%H:%M:%SZ")
+        if end.replace(tzinfo=UTC) < datetime.now(UTC):
+            raise InvalidAssertion("VIHF assertion expired")
+    return assertion_attributes(standalone)
