@@ -31,6 +31,9 @@ from .transformer_registry import Registry
 
 log = logging.getLogger("parcours.engine")
 
+ROUTE_BATCH = 200  # messages routed per transaction
+ROUTE_PAUSE_S = 0.05
+
 
 def policy_for(ch: ChannelConfig) -> IntakePolicy:
     return IntakePolicy(
@@ -62,6 +65,9 @@ class Engine:
         self.registry = Registry(config.transformer_paths, base=base)
         self.router = Router(self.store, config, self.registry.resolve, settings.partitions)
         self.runner = DeliveryRunner(self.store)
+        from .timeline import install as install_timeline
+
+        install_timeline(self)  # the `timeline` destination type and /api/v1 (issue #5)
         self.destinations: dict[str, Destination] = {}
         self.bus = Bus(settings.broker_url, settings.partitions, self.runner.run_partition)
         self.runner.notify = self.bus.notify
@@ -194,13 +200,18 @@ class Engine:
                         await self._wait_wake(2.0)
                         continue
                     log.info("this process routes", extra={"store": self.store.dialect})
-                count, touched, app_acks = await asyncio.to_thread(self.router.route_batch)
+                count, touched, app_acks = await asyncio.to_thread(
+                    self.router.route_batch, ROUTE_BATCH)
                 for p in touched:
                     self.bus.notify(p)
                 if app_acks:
                     await self._send_application_acks(app_acks)
                 if count == 0:
                     await self._wait_wake(1.0)
+                elif count < ROUTE_BATCH:
+                    # Let arrivals accumulate a little: one routing transaction (one fsync,
+                    # one hold of SQLite's write lock) per 50 ms, not one per intake commit.
+                    await asyncio.sleep(ROUTE_PAUSE_S)
             except Exception:
                 log.exception("routing failed; retrying")
                 self.is_router = False

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 
 from transformers.exchange import Exchange
@@ -245,19 +245,21 @@ class Router:
             if not rows:
                 return 0, touched, app_acks
             new_rows: list[dict[str, Any]] = []
+            statuses: list[dict[str, Any]] = []
             for row in rows:
                 status, error, dels = self._plan(row, now, generation=0, conn=conn)
                 for d in dels:
                     touched.add(d["partition"])
                 new_rows += dels
-                conn.execute(update(messages).where(messages.c.id == row["id"])
-                             .values(status=status, error=error))
+                statuses.append({"mid": row["id"], "st": status, "err": error})
                 if row.get("application_ack_type") in ("AL", "ER", "SU"):
                     app_acks.append({"id": row["id"], "channel": row["channel"],
                                      "remote": row["remote"], "raw": row["raw"],
                                      "charset": row["charset"], "status": status,
                                      "error": error,
                                      "mode": row["application_ack_type"]})
+            conn.execute(update(messages).where(messages.c.id == bindparam("mid"))
+                         .values(status=bindparam("st"), error=bindparam("err")), statuses)
             if new_rows:
                 conn.execute(insert(deliveries), new_rows)
         self.routed += len(rows)
