@@ -68,6 +68,11 @@ class Engine:
         from .timeline import install as install_timeline
 
         install_timeline(self)  # the `timeline` destination type and /api/v1 (issue #5)
+        from channels.outbound.dmp import set_consent_check
+
+        from .timeline.consent import consent_check_for
+
+        set_consent_check(consent_check_for(self.store.engine))  # ZFA opposition stops DMP feeds
         self.destinations: dict[str, Destination] = {}
         self.bus = Bus(settings.broker_url, settings.partitions, self.runner.run_partition)
         self.runner.notify = self.bus.notify

@@ -12,6 +12,13 @@ queue and hands each notice to the event loop; a notice is acknowledged from tha
 thread once the loop has finished the partition pass it triggered (pyamqp channels are not
 thread-safe). Publishing happens from a separate thread-owned connection with publisher
 confirms.
+
+Heartbeats: py-amqp never sends or checks heartbeats on its own; the owner of a connection
+must call `heartbeat_check()` about once a second and read what the broker sends. Without it
+RabbitMQ closes an idle connection after its heartbeat timeout ("missed heartbeats from
+client"): the consumer would reconnect every minute (handing its partitions to another
+process mid-pass) and the first notice after an idle minute would be lost with the
+publisher's dead connection. Both threads therefore tick heartbeats while idle.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from kombu.exceptions import OperationalError
 log = logging.getLogger("parcours.bus")
 
 EXCHANGE = Exchange("parcours.work", type="direct", durable=True)
+HEARTBEAT_S = 20  # negotiated with the broker; ticked every IDLE_TICK_S while idle
+IDLE_TICK_S = 1.0
 
 
 def partition_queue(p: int) -> Queue:
@@ -80,7 +89,7 @@ class Bus:
 
     def _connection(self) -> Connection:
         return Connection(self.url, transport_options=_transport_options(self.url),
-                          heartbeat=0 if self._memory else 20, connect_timeout=5)
+                          heartbeat=0 if self._memory else HEARTBEAT_S, connect_timeout=5)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -113,7 +122,7 @@ class Bus:
                     producer = Producer(conn.channel(), exchange=EXCHANGE)
                     for p in range(self.partitions):
                         partition_queue(p).bind(producer.channel).declare()
-                    self._publish_loop(producer)
+                    self._publish_loop(conn, producer)
             except (OperationalError, OSError, ConnectionError) as exc:
                 if not self._stop.is_set():
                     log.warning("bus publisher disconnected; retrying",
@@ -124,9 +133,23 @@ class Bus:
                     log.exception("bus publisher failed; retrying")
                     time.sleep(1.0)
 
-    def _publish_loop(self, producer: Producer) -> None:
+    def _keepalive(self, conn: Connection) -> None:
+        """Idle publisher: read the broker's heartbeats, send ours, notice a dead broker."""
+        if self._memory:
+            return
+        try:
+            conn.drain_events(timeout=0.01)  # nothing but heartbeats arrives here when idle
+        except TimeoutError:
+            pass
+        conn.heartbeat_check()
+
+    def _publish_loop(self, conn: Connection, producer: Producer) -> None:
         while not self._stop.is_set():
-            item = self._outbox.get()
+            try:
+                item = self._outbox.get(timeout=IDLE_TICK_S)
+            except queue.Empty:
+                self._keepalive(conn)
+                continue
             if item is None:
                 return
             pending = {item}
@@ -140,14 +163,18 @@ class Bus:
                     self._stop.set()
                     break
                 pending.add(nxt)
-            for p in sorted(pending):
+            todo = sorted(pending)
+            for i, p in enumerate(todo):
                 try:
                     producer.publish({"partition": p}, routing_key=f"p{p}",
                                      delivery_mode=2, serializer="json", retry=False)
                     self.published += 1
                 except Exception:
                     self.publish_failures += 1
-                    # The store still has the work; the sweeper will notify again.
+                    # Not confirmed: publish again once reconnected (the store still has the
+                    # work and the sweeper would notify too, but later).
+                    for q in todo[i:]:
+                        self._outbox.put(q)
                     raise
 
     # -- consumer -------------------------------------------------------------------------
@@ -185,28 +212,38 @@ class Bus:
             fut = asyncio.run_coroutine_threadsafe(self._on_notice(p), self._loop)
             in_flight.append((message, fut))
 
-        with Consumer(channel, queues=queues, callbacks=[on_message], accept=["json"],
-                      no_ack=False):
-            self.connected = True
-            log.info("bus consumer ready", extra={"partitions": self.partitions,
-                                                  "transport": conn.transport_cls})
-            while not self._stop.is_set():
-                try:
-                    conn.drain_events(timeout=0.05)
-                except TimeoutError:
-                    pass
-                except OSError as exc:
-                    if "timed out" not in str(exc):
-                        raise
-                # Ack, from this thread, the notices whose partition pass has finished.
-                still: list[tuple[Any, Future[None]]] = []
-                for message, fut in in_flight:
-                    if fut.done():
-                        if fut.exception() is not None:
-                            log.error("partition pass failed",
-                                      extra={"error": repr(fut.exception())})
-                        message.ack()
-                    else:
-                        still.append((message, fut))
-                in_flight[:] = still
-        self.connected = False
+        try:
+            with Consumer(channel, queues=queues, callbacks=[on_message], accept=["json"],
+                          no_ack=False):
+                self.connected = True
+                log.info("bus consumer ready", extra={"partitions": self.partitions,
+                                                      "transport": conn.transport_cls})
+                while not self._stop.is_set():
+                    try:
+                        conn.drain_events(timeout=0.05)
+                    except TimeoutError:
+                        pass
+                    except OSError as exc:
+                        if "timed out" not in str(exc):
+                            raise
+                    conn.heartbeat_check()  # no-op on the memory transport
+                    # Ack, from this thread, the notices whose partition pass has finished.
+                    still: list[tuple[Any, Future[None]]] = []
+                    for message, fut in in_flight:
+                        if fut.done():
+                            if not fut.cancelled() and fut.exception() is not None:
+                                log.error("partition pass failed",
+                                          extra={"error": repr(fut.exception())})
+                            message.ack()
+                        else:
+                            still.append((message, fut))
+                    in_flight[:] = still
+        finally:
+            self.connected = False
+            # Notices not acknowledged go back to the broker with this connection, and from
+            # there to the next active consumer, maybe in another process, which drains those
+            # partitions from the store. Stop the passes they started here, so a partition is
+            # never drained by two processes at once (duplicates, per-patient order broken).
+            # At most the item being sent at this moment is sent again by the next owner.
+            for _message, fut in in_flight:
+                fut.cancel()

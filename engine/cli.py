@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     from . import cli_mappings
 
     cli_mappings.add_parsers(sub)
+    from connectors.dmp import cli as dmp_cli
+
+    dmp_cli.add_parsers(sub)
+    from .timeline import cli as timeline_cli  # users, care-circle, audit (issue #5)
+
+    timeline_cli.add_parsers(sub)
     return parser
 
 
@@ -134,10 +140,18 @@ def main(argv: list[str] | None = None) -> None:
         code = cmd_send(args)
     elif args.command == "routes" and args.routes_command == "check":
         code = cmd_routes_check(args)
+    elif args.command == "dmp-sim":
+        from connectors.dmp import cli as dmp_cli
+
+        code = dmp_cli.run(args)
     elif args.command == "mappings":
         from . import cli_mappings
 
         code = cli_mappings.run(args, _settings(args))
+    elif args.command in ("users", "care-circle", "audit"):
+        from .timeline import cli as timeline_cli
+
+        code = timeline_cli.run(args, _settings(args))
     elif args.command in ("replay", "deliveries", "retry") or args.command == "routes":
         from . import cli_routes
 

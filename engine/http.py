@@ -62,4 +62,10 @@ def create_app(engine: Engine) -> FastAPI:
                 "routes": [r.name for r in engine.config.routes],
                 "destinations": sorted(engine.config.destinations)}
 
+    from .ui import install as install_ui  # operator and clinician pages (issue #6)
+
+    install_ui(app, engine)
+    from .timeline import include_api  # /api/v1: patients, timeline, series, documents
+
+    include_api(app, engine)
     return app

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -114,8 +115,11 @@ class Saved:
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    # FULL: a committed transaction survives power loss, which is what an ACK promises.
-    cur.execute("PRAGMA synchronous=FULL")
+    # FULL (default): a committed transaction survives power loss, which is what an ACK
+    # promises. NORMAL (PARCOURS_SQLITE_SYNCHRONOUS=NORMAL) survives a crash of the engine
+    # but may lose the last commits on power loss or an OS crash — about twice the commits/s.
+    mode = os.environ.get("PARCOURS_SQLITE_SYNCHRONOUS", "FULL").upper()
+    cur.execute(f"PRAGMA synchronous={'NORMAL' if mode == 'NORMAL' else 'FULL'}")
     cur.execute("PRAGMA busy_timeout=10000")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()

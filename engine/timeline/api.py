@@ -1,0 +1,117 @@
+"""HTTP API of the coordination timeline: /api/v1 (OpenAPI at /openapi.json).
+
+No endpoint answers without a bearer token (opaque or OIDC JWT): 401 without or with a bad
+one, 403 for a role that may not read patient data or a patient outside the caller's care
+circle (the same answer whether or not the patient exists), 404 for a document that does not
+exist or is masked to the caller. Every read is audited by `Timeline`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import Response
+
+from .auth import Principal
+from .service import Denied, Timeline
+
+EVENT_TYPES = ("stay", "movement", "result", "document", "order", "appointment")
+
+
+def remote_of(request: Request) -> str | None:
+    return f"{request.client.host}:{request.client.port}" if request.client else None
+
+
+def build_router(timeline: Timeline) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", tags=["timeline"])
+
+    async def principal(request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, credential = header.partition(" ")
+        if scheme.lower() != "bearer" or not credential.strip():
+            raise HTTPException(401, "bearer token required",
+                                headers={"WWW-Authenticate": "Bearer"})
+        who = await asyncio.to_thread(timeline.auth.authenticate, credential.strip())
+        if who is None:
+            raise HTTPException(401, "invalid, expired or revoked token",
+                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return who
+
+    auth_dep = Depends(principal)
+    forbidden = HTTPException(403, "not allowed to read this patient's record")
+
+    @router.get("/patients")
+    async def find(request: Request,
+                   identifier: Annotated[str, Query(min_length=1, max_length=300)],
+                   who: Principal = auth_dep) -> dict[str, Any]:
+        """Patients by identifier: `INS|<value>`, `<authority>|<value>` or `<value>`."""
+        try:
+            found = await asyncio.to_thread(timeline.find_patients, who, identifier,
+                                            remote_of(request))
+        except Denied:
+            raise forbidden from None
+        return {"patients": found}
+
+    @router.get("/patients/{patient_id}")
+    async def patient(request: Request, patient_id: int, who: Principal = auth_dep
+                      ) -> dict[str, Any]:
+        try:
+            return await asyncio.to_thread(timeline.read_patient, who, patient_id,
+                                           remote_of(request))
+        except Denied:
+            raise forbidden from None
+
+    @router.get("/patients/{patient_id}/timeline")
+    async def patient_timeline(
+        request: Request, patient_id: int,
+        type: Annotated[list[str] | None, Query(description="event types")] = None,  # noqa: A002
+        start: Annotated[datetime | None, Query(alias="from")] = None,
+        end: Annotated[datetime | None, Query(alias="to")] = None,
+        include_inactive: bool = False,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        who: Principal = auth_dep,
+    ) -> dict[str, Any]:
+        """Events newest first; `type` (repeatable): stay, movement, result, document, order,
+        appointment; `from`/`to`: ISO 8601 period; cancelled/deleted/replaced events only
+        with `include_inactive=true`."""
+        bad = [t for t in type or [] if t not in EVENT_TYPES]
+        if bad:
+            raise HTTPException(422, f"unknown event type(s) {bad}; use {list(EVENT_TYPES)}")
+        try:
+            return await asyncio.to_thread(
+                lambda: timeline.read_timeline(
+                    who, patient_id, remote_of(request), types=type, start=start, end=end,
+                    include_inactive=include_inactive, offset=offset, limit=limit))
+        except Denied:
+            raise forbidden from None
+
+    @router.get("/patients/{patient_id}/observations")
+    async def series(request: Request, patient_id: int,
+                     loinc: Annotated[str, Query(pattern=r"^\d{1,7}-\d$")],
+                     who: Principal = auth_dep) -> dict[str, Any]:
+        """One analyte across laboratories in its canonical unit, with provenance."""
+        try:
+            return await asyncio.to_thread(timeline.read_series, who, patient_id, loinc,
+                                           remote_of(request))
+        except Denied:
+            raise forbidden from None
+
+    @router.get("/documents/{document_id}")
+    async def document(request: Request, document_id: int, who: Principal = auth_dep
+                       ) -> Response:
+        """The original CDA document, byte for byte as received."""
+        try:
+            found = await asyncio.to_thread(timeline.read_document, who, document_id,
+                                            remote_of(request))
+        except Denied:
+            raise forbidden from None
+        if found is None:
+            raise HTTPException(404, "no such document")
+        content, ctype = found
+        return Response(content, media_type=ctype)
+
+    return router

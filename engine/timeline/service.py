@@ -1,0 +1,265 @@
+"""The timeline as the API and the UI use it: authentication, access, audit, queries.
+
+Every read of patient data goes through `Timeline.read_*`, which checks the role and the
+care circle, applies masking, and appends an audit row — allowed or denied — before
+returning anything. `None` means "not for you": callers answer 403 without saying whether
+the patient exists.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection, Engine
+
+from . import audit
+from .apply import Applier
+from .auth import Authenticator, Principal
+from .care_circle import has_grant, may_read
+from .identity import survivor
+from .masking import visible
+from .models import documents, observations, patient_identifiers, patients, timeline_events
+from .settings import TimelineSettings
+
+PATIENT_ROLES = ("admin", "clinician")
+HIDDEN_STATUSES = ("cancelled", "deleted", "replaced")
+
+
+class Denied(Exception):
+    """The caller may not read this (wrong role or outside the care circle)."""
+
+
+@dataclass
+class Page:
+    items: list[dict[str, Any]]
+    total: int
+    offset: int
+    limit: int
+
+
+def _iso(v: Any) -> Any:
+    return v.isoformat() if isinstance(v, datetime) else v
+
+
+class Timeline:
+    def __init__(self, db: Engine, settings: TimelineSettings | None = None,
+                 catalogue: Any = None) -> None:
+        self.db = db
+        self.settings = settings or TimelineSettings.from_env()
+        self.auth = Authenticator(db, self.settings)
+        self.applier = Applier(self.settings)
+        self._catalogue = catalogue  # callable returning the LOINC catalogue (lazy)
+
+    # -- writes (the destination) ---------------------------------------------------------
+
+    def apply(self, envelope: dict[str, Any]) -> dict[str, int]:
+        with self.db.begin() as conn:
+            return self.applier.apply(conn, envelope)
+
+    # -- access ---------------------------------------------------------------------------
+
+    def _check(self, conn: Connection, who: Principal, patient_id: int) -> None:
+        if who.role not in PATIENT_ROLES or not may_read(
+                conn, who, patient_id, self.settings.care_circle_days):
+            raise Denied
+
+    def _guarded(self, who: Principal, action: str, patient_id: int, remote: str | None,
+                 detail: dict[str, Any], read: Any) -> Any:
+        with self.db.connect() as conn:
+            pid = survivor(conn, patient_id) if self._exists(conn, patient_id) else None
+            try:
+                if pid is None:
+                    raise Denied
+                self._check(conn, who, pid)
+            except Denied:
+                audit.record(self.db, who, action, patient_ids=[patient_id], remote=remote,
+                             outcome="denied", detail=detail)
+                raise
+            audit.record(self.db, who, action, patient_ids=[pid], remote=remote,
+                         detail=detail | ({"requested": patient_id} if pid != patient_id
+                                          else {}))
+            return read(conn, pid)
+
+    @staticmethod
+    def _exists(conn: Connection, patient_id: int) -> bool:
+        return conn.execute(select(patients.c.id).where(patients.c.id == patient_id)
+                            ).first() is not None
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def find_patients(self, who: Principal, identifier: str, remote: str | None
+                      ) -> list[dict[str, Any]]:
+        """`identifier`: `value`, `authority|value`, or `INS|value`. Only patients the caller
+        may read are returned; the search and each patient shown are audited."""
+        if who.role not in PATIENT_ROLES:
+            audit.record(self.db, who, "search", patient_ids=None, remote=remote,
+                         outcome="denied", detail={"identifier": identifier})
+            raise Denied
+        authority, _, value = identifier.rpartition("|")
+        q = select(patient_identifiers.c.patient_id).where(
+            patient_identifiers.c.value == value.strip())
+        if authority.upper() == "INS":
+            q = q.where(patient_identifiers.c.type == "INS")
+        elif authority:
+            q = q.where((patient_identifiers.c.authority == authority)
+                        | (patient_identifiers.c.namespace == authority))
+        with self.db.connect() as conn:
+            found = sorted({survivor(conn, int(p)) for p in conn.execute(q).scalars()})
+            allowed = [p for p in found if who.role in PATIENT_ROLES
+                       and may_read(conn, who, p, self.settings.care_circle_days)]
+            result = [self._summary(conn, p) for p in allowed]
+        audit.record(self.db, who, "search", patient_ids=allowed or None, remote=remote,
+                     detail={"identifier": identifier, "matches": len(allowed)})
+        return result
+
+    def _summary(self, conn: Connection, patient_id: int) -> dict[str, Any]:
+        p = conn.execute(select(patients).where(patients.c.id == patient_id)).mappings().one()
+        ids = conn.execute(select(patient_identifiers).where(
+            patient_identifiers.c.patient_id == patient_id)
+            .order_by(patient_identifiers.c.id)).mappings().all()
+        return {
+            "id": p["id"], "family": p["family"], "given": p["given"],
+            "birth_date": p["birth_date"], "sex": p["sex"],
+            "identity_status": p["identity_status"], "ins": p["ins"],
+            "identifiers": [{"authority": i["authority"], "namespace": i["namespace"],
+                             "value": i["value"], "type": i["type"]} for i in ids],
+            "dmp": {"status": p["dmp_status"], "feeding_opposition": p["dmp_feeding_opposition"],
+                    "consultation_consent": p["dmp_consultation_consent"],
+                    "collected_at": _iso(p["consent_at"])},
+        }
+
+    def read_patient(self, who: Principal, patient_id: int, remote: str | None
+                     ) -> dict[str, Any]:
+        return self._guarded(who, "patient", patient_id, remote, {},
+                             lambda conn, pid: self._summary(conn, pid))
+
+    def read_timeline(self, who: Principal, patient_id: int, remote: str | None, *,
+                      types: list[str] | None = None, start: datetime | None = None,
+                      end: datetime | None = None, include_inactive: bool = False,
+                      offset: int = 0, limit: int = 50) -> dict[str, Any]:
+        detail = {"types": types or [], "from": _iso(start), "to": _iso(end),
+                  "offset": offset, "limit": limit}
+
+        def read(conn: Connection, pid: int) -> dict[str, Any]:
+            q = select(timeline_events).where(timeline_events.c.patient_id == pid)
+            if types:
+                q = q.where(timeline_events.c.type.in_(types))
+            if start is not None:
+                q = q.where(timeline_events.c.at >= start)
+            if end is not None:
+                q = q.where(timeline_events.c.at < end)
+            if not include_inactive:
+                q = q.where(timeline_events.c.status.not_in(HIDDEN_STATUSES))
+            granted = has_grant(conn, who, pid)
+            rows = [dict(r) for r in conn.execute(q.order_by(
+                timeline_events.c.at.desc(), timeline_events.c.id.desc())).mappings()]
+            rows = [r for r in rows if visible(r, who, granted)]
+            page = rows[offset:offset + limit]
+            return {"patient": self._summary(conn, pid), "total": len(rows),
+                    "offset": offset, "limit": limit,
+                    "next_offset": offset + limit if offset + limit < len(rows) else None,
+                    "events": [self._event(conn, r) for r in page]}
+
+        return self._guarded(who, "timeline", patient_id, remote, detail, read)
+
+    def _event(self, conn: Connection, r: dict[str, Any]) -> dict[str, Any]:
+        out = {"id": r["id"], "type": r["type"], "status": r["status"], "at": _iso(r["at"]),
+               "title": r["title"], "code": r["code"], "message_id": r["message_id"],
+               "last_message_id": r["last_message_id"],
+               "confidentiality": r["confidentiality"],
+               "masking": {"MASQUE_PS": r["masked_ps"], "INVISIBLE_PATIENT":
+                           r["invisible_patient"], "INVISIBLE_REPRESENTANTS_LEGAUX":
+                           r["invisible_legal"]},
+               "data": json.loads(r["data"] or "{}")}
+        if r["type"] == "order":
+            out["possibly_redundant"] = r["redundant_of"] is not None
+            out["redundant_of"] = r["redundant_of"]
+        if r["type"] == "result":
+            out["observations"] = [self._obs(o) for o in conn.execute(
+                select(observations).where(observations.c.event_id == r["id"],
+                                           observations.c.deleted.is_(False))
+                .order_by(observations.c.id)).mappings()]
+        if r["type"] == "document":
+            doc = conn.execute(select(documents.c.id).where(
+                documents.c.event_id == r["id"])).scalar()
+            out["document_id"] = doc
+        return out
+
+    @staticmethod
+    def _obs(o: Any) -> dict[str, Any]:
+        return {"loinc": o["loinc"], "display": o["display"], "value": o["value"],
+                "value_text": o["value_text"], "comparator": o["comparator"],
+                "unit": o["unit"], "reference_low": o["reference_low"],
+                "reference_high": o["reference_high"], "abnormal_flag": o["abnormal_flag"],
+                "status": o["status"], "outcome": o["outcome"],
+                "at": _iso(o["observed_at"]), "performing_lab": o["performing_lab"],
+                "original": {"code": o["original_code"], "system": o["original_system"],
+                             "value": o["original_value"], "unit": o["original_unit"]},
+                "message_id": o["message_id"]}
+
+    def read_series(self, who: Principal, patient_id: int, loinc: str, remote: str | None
+                    ) -> dict[str, Any]:
+        """The analyte of `loinc` (component + system, brief "Clarifications") across labs,
+        in its canonical unit, each point with its provenance."""
+        term = None
+        if self._catalogue is not None:
+            try:
+                term = self._catalogue().get(loinc)
+            except Exception:  # a missing catalogue only narrows the query to the code
+                term = None
+
+        def read(conn: Connection, pid: int) -> dict[str, Any]:
+            q = (select(observations, timeline_events.c.status.label("event_status"),
+                        timeline_events.c.masked_ps, timeline_events.c.confidentiality,
+                        timeline_events.c.author_id)
+                 .join(timeline_events, timeline_events.c.id == observations.c.event_id)
+                 .where(observations.c.patient_id == pid, observations.c.deleted.is_(False),
+                        timeline_events.c.status == "active"))
+            if term is not None:
+                comp, system = term.analyte
+                q = q.where(((observations.c.component == comp)
+                             & (observations.c.system == system))
+                            | (observations.c.loinc == loinc))
+            else:
+                q = q.where(observations.c.loinc == loinc)
+            granted = has_grant(conn, who, pid)
+            rows = [dict(r) for r in conn.execute(q.order_by(
+                observations.c.observed_at, observations.c.id)).mappings()]
+            rows = [r for r in rows if visible(r, who, granted)]
+            series = [r for r in rows if r["outcome"] == "normalised"]
+            units = sorted({r["unit"] for r in series if r["unit"]})
+            return {"loinc": loinc, "analyte": list(term.analyte) if term else None,
+                    "unit": units[0] if len(units) == 1 else None,
+                    "points": [self._obs(r) for r in series],
+                    "not_comparable": [self._obs(r) for r in rows
+                                       if r["outcome"] != "normalised"]}
+
+        return self._guarded(who, "observations", patient_id, remote, {"loinc": loinc}, read)
+
+    def read_document(self, who: Principal, document_row_id: int, remote: str | None
+                      ) -> tuple[bytes, str] | None:
+        """The stored CDA bytes; None when absent or masked for this reader (404)."""
+        with self.db.connect() as conn:
+            doc = conn.execute(select(documents).where(documents.c.id == document_row_id)
+                               ).mappings().first()
+        if doc is None or doc["content"] is None:
+            audit.record(self.db, who, "document", patient_ids=None, remote=remote,
+                         outcome="not_found", detail={"document": document_row_id})
+            return None
+
+        def read(conn: Connection, pid: int) -> tuple[bytes, str] | None:
+            if not visible(dict(doc), who, has_grant(conn, who, pid)):
+                return None
+            return bytes(doc["content"]), doc["content_type"] or "application/xml"
+
+        return self._guarded(who, "document", int(doc["patient_id"]), remote,
+                             {"document": document_row_id, "status": doc["status"]}, read)
+
+    def patient_count(self) -> int:
+        with self.db.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(patients).where(
+                patients.c.merged_into.is_(None))).scalar_one())

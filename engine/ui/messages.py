@@ -1,0 +1,142 @@
+"""Message search and the message page's data: the message, its ACKs, deliveries, attempts.
+
+Search reads the columns intake already extracted from MSH and PID-3 (no raw bytes are read
+for a list), newest first, paged by id so a page never shifts while messages keep arriving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import or_, select
+
+from ..models import deliveries, delivery_attempts, messages
+from ..store import Store
+
+PAGE = 50
+
+
+@dataclass
+class Search:
+    since: datetime | None = None
+    until: datetime | None = None
+    channel: str = ""
+    type: str = ""  # "ORU" or "ORU^R01"
+    status: str = ""
+    control_id: str = ""
+    patient: str = ""
+    before_id: int | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return not any((self.since, self.until, self.channel, self.type, self.status,
+                        self.control_id, self.patient))
+
+
+def parse_when(value: str | None) -> datetime | None:
+    """An <input type=datetime-local> value (browser local time is taken as UTC: the page
+    says so) or an ISO timestamp; None when empty or unreadable."""
+    if not value:
+        return None
+    try:
+        ts = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def search(store: Store, s: Search, limit: int = PAGE) -> list[dict[str, Any]]:
+    cols = [messages.c[n] for n in ("id", "channel", "received_at", "sending_application",
+                                    "sending_facility", "message_type", "trigger_event",
+                                    "control_id", "version", "patient_key", "status",
+                                    "ack_code", "error", "size")]
+    q = select(*cols).order_by(messages.c.id.desc()).limit(limit)
+    if s.before_id:
+        q = q.where(messages.c.id < s.before_id)
+    if s.since:
+        q = q.where(messages.c.received_at >= s.since)
+    if s.until:
+        q = q.where(messages.c.received_at <= s.until)
+    if s.channel:
+        q = q.where(messages.c.channel == s.channel)
+    if s.status:
+        q = q.where(messages.c.status == s.status)
+    if s.control_id:
+        q = q.where(messages.c.control_id == s.control_id.strip())
+    if s.type:
+        mtype, _, trigger = s.type.strip().upper().partition("^")
+        q = q.where(messages.c.message_type == mtype)
+        if trigger:
+            q = q.where(messages.c.trigger_event == trigger)
+    if s.patient:
+        p = s.patient.strip()
+        # The key is "authority|id" ("INS|<NIR>" for the INS): the bare id matches too.
+        q = q.where(or_(messages.c.patient_key == p,
+                        messages.c.patient_key.like("%|" + _like_escape(p), escape="\\")))
+    with store.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def channels_seen(store: Store) -> list[str]:
+    with store.engine.connect() as conn:
+        return sorted(c for c in conn.execute(select(messages.c.channel).distinct()).scalars())
+
+
+def message_text(row: dict[str, Any], column: str = "raw") -> str:
+    data = row.get(column)
+    if data is None:
+        return ""
+    charset = row.get("charset") or "utf-8"
+    if charset == "xml":
+        charset = "utf-8"
+    try:
+        text = bytes(data).decode(charset, "replace")
+    except LookupError:
+        text = bytes(data).decode("utf-8", "replace")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def deliveries_of(store: Store, message_id: int) -> list[dict[str, Any]]:
+    """Every delivery of a message (all generations) with its attempts, oldest first."""
+    with store.engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(
+            select(deliveries).where(deliveries.c.message_id == message_id)
+            .order_by(deliveries.c.generation, deliveries.c.id)).mappings()]
+        ids = [r["id"] for r in rows]
+        attempts: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+        if ids:
+            for a in conn.execute(select(delivery_attempts)
+                                  .where(delivery_attempts.c.delivery_id.in_(ids))
+                                  .order_by(delivery_attempts.c.id)).mappings():
+                attempts[a["delivery_id"]].append(dict(a))
+    for r in rows:
+        r["attempt_rows"] = attempts.get(r["id"], [])
+        r["payload_size"] = len(r.get("payload") or b"")
+        r.pop("payload", None)
+    return rows
+
+
+def delivery(store: Store, delivery_id: int) -> dict[str, Any] | None:
+    with store.engine.connect() as conn:
+        row = conn.execute(select(deliveries.c.id, deliveries.c.message_id,
+                                  deliveries.c.status, deliveries.c.patient_key,
+                                  deliveries.c.destination)
+                           .where(deliveries.c.id == delivery_id)).mappings().first()
+        return dict(row) if row else None
+
+
+def failed_deliveries(store: Store, limit: int = 20) -> list[dict[str, Any]]:
+    """Dead letters, newest first: the dashboard links each to its message page."""
+    with store.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(
+            select(deliveries.c.id, deliveries.c.message_id, deliveries.c.destination,
+                   deliveries.c.route, deliveries.c.attempts, deliveries.c.updated_at,
+                   deliveries.c.last_error)
+            .where(deliveries.c.status == "dead")
+            .order_by(deliveries.c.id.desc()).limit(limit)).mappings()]
