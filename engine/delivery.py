@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, insert, select, update
+from sqlalchemy import and_, exists, insert, or_, select, update
 
 from channels.outbound.base import Destination, OutboundItem, Outcome
 
@@ -26,6 +26,18 @@ from .models import DeliveryStatus, MessageStatus, deliveries, delivery_attempts
 from .store import Store
 
 log = logging.getLogger("parcours.delivery")
+
+# Outcomes recorded per transaction. 1: a delivery is recorded before the next is tried, so
+# a killed process re-sends at most the one in flight. With 32, delivery throughput on SQLite
+# rose but a SIGKILL re-sent up to 32 deliveries per partition (tests/routing/test_rabbitmq.py
+# counts them); receivers are idempotent, but fewer duplicates is what an operator expects.
+RECORD_BATCH = 1
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
 
 
 @dataclass(frozen=True)
@@ -100,36 +112,59 @@ class DeliveryRunner:
         self._timers[partition] = loop.call_later(delay + 0.01, self.notify, partition)
 
     async def _pass(self, partition: int) -> tuple[bool, datetime | None]:
-        rows = await asyncio.to_thread(self._pending, partition)
+        """One walk through the partition's waiting deliveries, page by page, so rows held
+        behind a blocked (destination, patient) never hide the rows after them."""
         now = datetime.now(UTC)
         blocked: set[tuple[str, str]] = set()
         progressed = False
         next_due: datetime | None = None
-        for row in rows:
-            dest_name = row["destination"]
-            key = (dest_name, row["patient_key"] or f"message:{row['message_id']}")
-            ordered = self.ordering.get(dest_name, "patient") == "patient"
-            if ordered and key in blocked:
-                continue
-            due = _aware(row["next_attempt_at"])
-            if due > now:
-                next_due = due if next_due is None else min(next_due, due)
-                if ordered:
-                    blocked.add(key)
-                continue
-            destination = self.destinations.get(dest_name)
-            if destination is None:
-                outcome = Outcome.retry(f"destination {dest_name!r} is not configured "
-                                        "(removed from routes.yaml?)")
-            else:
-                outcome = await self._attempt(destination, row)
-            new_due = await asyncio.to_thread(self._record, row, outcome)
-            progressed = True
-            if outcome.kind != "delivered" and ordered:
-                blocked.add(key)
-            if new_due is not None:
-                next_due = new_due if next_due is None else min(next_due, new_due)
-        return progressed and len(rows) >= self.batch, next_due
+        after = (0, 0)
+        done: list[tuple[dict[str, Any], Outcome]] = []
+        try:
+            while True:
+                rows = await asyncio.to_thread(self._pending, partition, after)
+                for row in rows:
+                    dest_name = row["destination"]
+                    key = (dest_name, row["patient_key"] or f"message:{row['message_id']}")
+                    ordered = self.ordering.get(dest_name, "patient") == "patient"
+                    if ordered and key in blocked:
+                        continue
+                    due = _aware(row["next_attempt_at"])
+                    if due > now:
+                        next_due = due if next_due is None else min(next_due, due)
+                        if ordered:
+                            blocked.add(key)
+                        continue
+                    destination = self.destinations.get(dest_name)
+                    if destination is None:
+                        outcome = Outcome.retry(f"destination {dest_name!r} is not configured "
+                                                "(removed from routes.yaml?)")
+                    else:
+                        outcome = await self._attempt(destination, row)
+                    done.append((row, outcome))
+                    progressed = True
+                    if outcome.kind != "delivered" and ordered:
+                        blocked.add(key)
+                    if len(done) >= RECORD_BATCH:
+                        # Handed over before the await: if the pass is cancelled meanwhile, the
+                        # thread still records this batch, and it is not recorded twice.
+                        batch, done = done, []
+                        next_due = _earliest(
+                            next_due, await asyncio.to_thread(self._record_many, batch))
+                if done:
+                    batch, done = done, []
+                    next_due = _earliest(
+                        next_due, await asyncio.to_thread(self._record_many, batch))
+                if len(rows) < self.batch:
+                    break
+                after = (rows[-1]["message_id"], rows[-1]["id"])
+        except asyncio.CancelledError:
+            # The pass is being taken away (consumer connection lost, shutdown): what was
+            # already delivered must be recorded, or it would be sent again by the next owner.
+            if done:
+                await asyncio.shield(asyncio.to_thread(self._record_many, done))
+            raise
+        return progressed, next_due
 
     async def _attempt(self, destination: Destination, row: dict[str, Any]) -> Outcome:
         item = OutboundItem(
@@ -150,26 +185,36 @@ class DeliveryRunner:
         except Exception as exc:  # a destination bug must not stop the partition
             log.exception("destination raised", extra={"delivery_id": row["id"]})
             outcome = Outcome.retry(f"destination error: {type(exc).__name__}: {exc}")
+        row["_duration_ms"] = (time.perf_counter() - started) * 1000
         if self.on_outcome:
             self.on_outcome(row["destination"], outcome.kind, time.perf_counter() - started)
         return outcome
 
     # -- store ----------------------------------------------------------------------------
 
-    def _pending(self, partition: int) -> list[dict[str, Any]]:
+    def _pending(self, partition: int, after: tuple[int, int] = (0, 0)) -> list[dict[str, Any]]:
         q = (
             select(deliveries, messages.c.channel, messages.c.message_type,
                    messages.c.trigger_event, messages.c.control_id, messages.c.received_at)
             .join(messages, messages.c.id == deliveries.c.message_id)
             .where(deliveries.c.partition == partition,
-                   deliveries.c.status.in_((DeliveryStatus.PENDING, DeliveryStatus.RETRY)))
+                   deliveries.c.status.in_((DeliveryStatus.PENDING, DeliveryStatus.RETRY)),
+                   or_(deliveries.c.message_id > after[0],
+                       and_(deliveries.c.message_id == after[0], deliveries.c.id > after[1])))
             .order_by(deliveries.c.message_id, deliveries.c.id)
             .limit(self.batch)
         )
         with self.store.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
 
-    def _record(self, row: dict[str, Any], outcome: Outcome) -> datetime | None:
+    def _record_many(self, done: list[tuple[dict[str, Any], Outcome]]) -> datetime | None:
+        """Record outcomes in one transaction (one fsync for many deliveries). A crash before
+        it commits means those deliveries are tried again: destinations are idempotent."""
+        with self.store.engine.begin() as conn:
+            dues = [self._record(conn, row, outcome) for row, outcome in done]
+        return min((d for d in dues if d is not None), default=None)
+
+    def _record(self, conn: Any, row: dict[str, Any], outcome: Outcome) -> datetime | None:
         now = datetime.now(UTC)
         attempts = row["attempts"] + 1
         policy = self.policies.get(row["destination"], RetryPolicy())
@@ -200,13 +245,12 @@ class DeliveryRunner:
             log.warning("delivery dead-lettered",
                         extra={"delivery_id": row["id"], "message_id": row["message_id"],
                                "destination": row["destination"]})
-        with self.store.engine.begin() as conn:
-            conn.execute(update(deliveries).where(deliveries.c.id == row["id"]).values(**values))
-            conn.execute(insert(delivery_attempts).values(
-                delivery_id=row["id"], at=now, outcome=kind, detail=detail,
-                duration_ms=0))
-            if kind in ("delivered", "dead"):
-                _settle_message(conn, row["message_id"])
+        conn.execute(update(deliveries).where(deliveries.c.id == row["id"]).values(**values))
+        conn.execute(insert(delivery_attempts).values(
+            delivery_id=row["id"], at=now, outcome=kind, detail=detail,
+            duration_ms=int(row.get("_duration_ms", 0))))
+        if kind in ("delivered", "dead"):
+            _settle_message(conn, row["message_id"])
         return next_due
 
     # -- operator actions -----------------------------------------------------------------

@@ -279,11 +279,6 @@ async def test_permanent_refusal_dead_letters_then_operator_retry_delivers_once(
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason=(
-    "engine/delivery.py DeliveryRunner._pending reads only the first `batch` (200) open rows "
-    "of a partition in message-id order; when all of them belong to blocked (patient, "
-    "destination) pairs, _pass makes no progress and the rows behind them (other patients, "
-    "other destinations) are not looked at until the blocked patient recovers"))
 async def test_a_patient_blocked_beyond_one_batch_does_not_stall_the_others(
     make_engine: Any
 ) -> None:
