@@ -184,13 +184,15 @@ class Engine:
         new: dict[str, Destination] = {}
         retired: list[Destination] = []
         for name, cfg in config.destinations.items():
+            if cfg.get("enabled") is False:
+                continue  # not built: it may name certificates this machine does not have
             if name in self.destinations and old_cfg.get(name) == cfg:
                 new[name] = self.destinations[name]
             else:
                 new[name] = build_destination(name, cfg)
                 if name in self.destinations:
                     retired.append(self.destinations[name])
-        retired += [d for n, d in self.destinations.items() if n not in config.destinations]
+        retired += [d for n, d in self.destinations.items() if n not in new]
         self.destinations = new
         self._dest_cfg = dict(config.destinations)
         self.runner.configure(new, config.destinations)

@@ -168,7 +168,8 @@ class Router:
     def set_config(self, config: Config) -> None:
         """Swap routes atomically: a batch in progress finishes with the routes it started."""
         compiled = [CompiledRoute(r, self._resolve) for r in config.routes]
-        self.config, self.routes = config, compiled
+        disabled = {n for n, c in config.destinations.items() if c.get("enabled") is False}
+        self.config, self.routes, self.disabled = config, compiled, disabled
 
     # -- pure evaluation ------------------------------------------------------------------
 
@@ -304,6 +305,8 @@ class Router:
             if not res.matched or res.filtered_by:
                 continue
             for p in res.payloads:
+                if p.destination in self.disabled:
+                    continue  # `enabled: false`: the route stays readable, nothing is queued
                 failed = res.error is not None
                 if failed:
                     errors.append(res.error or "")

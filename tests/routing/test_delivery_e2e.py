@@ -203,3 +203,21 @@ async def test_enhanced_mode_application_ack_follows_commit_ack(make_engine: Any
             select(messages.c.control_id, messages.c.app_ack_code, messages.c.app_ack_status))}
     assert got == {"EN-1": ("AA", "sent"), "EN-2": ("AA", "not-required"),
                    "EN-3": (None, None)}
+
+
+async def test_disabled_destination_queues_nothing(make_engine: Any, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    text = routes(out).replace(
+        '  json: {type: file, path: "' + str(out) + '/json", filename: "{message_id}.json"}',
+        '  json: {type: file, enabled: false, path: "' + str(out)
+        + '/json", filename: "{message_id}.json"}')
+    assert "enabled: false" in text
+    eng = await make_engine(text, route=True)
+    async with MLLPClient("127.0.0.1", eng.port()) as c:
+        await c.send(msg("DIS-1").encode())
+    await wait_status(eng, 1)
+    with eng.store.engine.connect() as conn:
+        dests = conn.execute(select(deliveries.c.destination)).scalars().all()
+    assert dests == ["files"]
+    assert "json" not in eng.engine.destinations
+    assert not (out / "json").exists()
