@@ -41,7 +41,8 @@ from tests.conftest import ROOT
 from tests.intake.test_ack_rules import msg
 from transformers.hl7.ack import read_ack
 
-TOTAL = 5000
+# `make soak` (PARCOURS_SOAK=1) streams ten times more before and after the kill.
+TOTAL = 50_000 if os.environ.get("PARCOURS_SOAK") else 5000
 CONNECTIONS = 8
 WINDOW = 16  # unanswered messages per connection: many in flight when the kill lands
 
