@@ -88,12 +88,15 @@ def _original(obx: RawObservation) -> Original:
     )
 
 
-def _as_received(
-    obx: RawObservation, action: str, reason: str, term: LoincTerm | None = None
+def _as_sent(
+    obx: RawObservation, action: str, outcome: str, term: LoincTerm | None, *,
+    reason: str | None = None, notes: tuple[str, ...] = (),
 ) -> NormalisedObservation:
+    """The value, unit and range exactly as the laboratory sent them, with whatever LOINC
+    term could be resolved: results kept as received, text/coded results, status X/D."""
     return NormalisedObservation(
         set_id=obx.set_id,
-        outcome="as_received",
+        outcome=outcome,
         action=action,
         status=obx.result_status,
         loinc=term.code if term else None,
@@ -114,37 +117,21 @@ def _as_received(
         observed_at=obx.observed_at,
         original=_original(obx),
         reason=reason,
+        notes=notes,
     )
+
+
+def _as_received(
+    obx: RawObservation, action: str, reason: str, term: LoincTerm | None = None
+) -> NormalisedObservation:
+    return _as_sent(obx, action, "as_received", term, reason=reason)
 
 
 def _kept(
     obx: RawObservation, term: LoincTerm, action: str, outcome: str, notes: tuple[str, ...] = ()
 ) -> NormalisedObservation:
     """LOINC resolved, value left as sent (text/coded results, or status X/D)."""
-    return NormalisedObservation(
-        set_id=obx.set_id,
-        outcome=outcome,
-        action=action,
-        status=obx.result_status,
-        loinc=term.code,
-        display=term.long_common_name,
-        display_fr=term.display_fr,
-        analyte=term.analyte,
-        value_type=obx.value_type,
-        value=None,
-        value_text=obx.value,
-        comparator="",
-        unit=obx.units,
-        reference_low=None,
-        reference_high=None,
-        reference_text=obx.reference_range,
-        abnormal_flag=obx.abnormal_flags,
-        abnormal_flag_source="received" if obx.abnormal_flags else "",
-        performing_lab=obx.performing_lab,
-        observed_at=obx.observed_at,
-        original=_original(obx),
-        notes=notes,
-    )
+    return _as_sent(obx, action, outcome, term, notes=notes)
 
 
 def _backlog(sender: str, obx: RawObservation, reason: str) -> BacklogEntry:
