@@ -27,11 +27,6 @@ from .store import Store
 
 log = logging.getLogger("parcours.delivery")
 
-# Outcomes recorded per transaction. 1: a delivery is recorded before the next is tried, so
-# a killed process re-sends at most the one in flight. With 32, delivery throughput on SQLite
-# rose but a SIGKILL re-sent up to 32 deliveries per partition (tests/routing/test_rabbitmq.py
-# counts them); receivers are idempotent, but fewer duplicates is what an operator expects.
-RECORD_BATCH = 1
 
 
 def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -119,52 +114,49 @@ class DeliveryRunner:
         progressed = False
         next_due: datetime | None = None
         after = (0, 0)
-        done: list[tuple[dict[str, Any], Outcome]] = []
-        try:
-            while True:
-                rows = await asyncio.to_thread(self._pending, partition, after)
-                for row in rows:
-                    dest_name = row["destination"]
-                    key = (dest_name, row["patient_key"] or f"message:{row['message_id']}")
-                    ordered = self.ordering.get(dest_name, "patient") == "patient"
-                    if ordered and key in blocked:
-                        continue
-                    due = _aware(row["next_attempt_at"])
-                    if due > now:
-                        next_due = due if next_due is None else min(next_due, due)
-                        if ordered:
-                            blocked.add(key)
-                        continue
-                    destination = self.destinations.get(dest_name)
-                    if destination is None:
-                        outcome = Outcome.retry(f"destination {dest_name!r} is not configured "
-                                                "(removed from routes.yaml?)")
-                    else:
-                        outcome = await self._attempt(destination, row)
-                    done.append((row, outcome))
-                    progressed = True
-                    if outcome.kind != "delivered" and ordered:
+        while True:
+            rows = await asyncio.to_thread(self._pending, partition, after)
+            for row in rows:
+                dest_name = row["destination"]
+                key = (dest_name, row["patient_key"] or f"message:{row['message_id']}")
+                ordered = self.ordering.get(dest_name, "patient") == "patient"
+                if ordered and key in blocked:
+                    continue
+                due = _aware(row["next_attempt_at"])
+                if due > now:
+                    next_due = _earliest(next_due, due)
+                    if ordered:
                         blocked.add(key)
-                    if len(done) >= RECORD_BATCH:
-                        # Handed over before the await: if the pass is cancelled meanwhile, the
-                        # thread still records this batch, and it is not recorded twice.
-                        batch, done = done, []
-                        next_due = _earliest(
-                            next_due, await asyncio.to_thread(self._record_many, batch))
-                if done:
-                    batch, done = done, []
-                    next_due = _earliest(
-                        next_due, await asyncio.to_thread(self._record_many, batch))
-                if len(rows) < self.batch:
-                    break
-                after = (rows[-1]["message_id"], rows[-1]["id"])
-        except asyncio.CancelledError:
-            # The pass is being taken away (consumer connection lost, shutdown): what was
-            # already delivered must be recorded, or it would be sent again by the next owner.
-            if done:
-                await asyncio.shield(asyncio.to_thread(self._record_many, done))
-            raise
+                    continue
+                task = asyncio.ensure_future(self._deliver_one(row))
+                try:
+                    outcome, new_due = await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    # The pass is being taken away (bus connection lost, shutdown): finish
+                    # the delivery in flight and record it before letting go, or the next
+                    # owner of the partition would send it again.
+                    await asyncio.wait([task])
+                    raise
+                progressed = True
+                if outcome.kind != "delivered" and ordered:
+                    blocked.add(key)
+                next_due = _earliest(next_due, new_due)
+            if len(rows) < self.batch:
+                break
+            after = (rows[-1]["message_id"], rows[-1]["id"])
         return progressed, next_due
+
+    async def _deliver_one(self, row: dict[str, Any]) -> tuple[Outcome, datetime | None]:
+        """Try one delivery and record its outcome before the next is tried: a killed process
+        re-sends at most the delivery it was in the middle of."""
+        destination = self.destinations.get(row["destination"])
+        if destination is None:
+            outcome = Outcome.retry(f"destination {row['destination']!r} is not configured "
+                                    "(removed from routes.yaml?)")
+        else:
+            outcome = await self._attempt(destination, row)
+        due = await asyncio.to_thread(self._record_many, [(row, outcome)])
+        return outcome, due
 
     async def _attempt(self, destination: Destination, row: dict[str, Any]) -> Outcome:
         item = OutboundItem(
@@ -208,8 +200,9 @@ class DeliveryRunner:
             return [dict(r) for r in conn.execute(q).mappings()]
 
     def _record_many(self, done: list[tuple[dict[str, Any], Outcome]]) -> datetime | None:
-        """Record outcomes in one transaction (one fsync for many deliveries). A crash before
-        it commits means those deliveries are tried again: destinations are idempotent."""
+        """Record outcomes in one transaction. Called with one outcome at a time: batching 32
+        raised delivery throughput but made a SIGKILL re-send up to 32 deliveries a partition
+        (tests/routing/test_rabbitmq.py counts them)."""
         with self.store.engine.begin() as conn:
             dues = [self._record(conn, row, outcome) for row, outcome in done]
         return min((d for d in dues if d is not None), default=None)
