@@ -580,11 +580,14 @@ async def test_killed_consumer_hands_its_partitions_over_in_order(
     assert all(a.code == "AA" for a in arrivals)
     assert not {a.peer_port for a in before} & survivor_ports, logs
     assert {a.peer_port for a in after} <= survivor_ports, logs
-    # Every message arrived; a duplicate is only the one delivery in flight at the kill.
+    # Every message arrived; a duplicate is only a delivery in flight at the kill: sent (and
+    # maybe ACKed) but not yet recorded. Partitions run concurrently, so that is at most one
+    # per partition the killed process owned — in practice 0 to 2.
     counts = Counter(a.control_id for a in arrivals)
     assert set(counts) == all_ids
     doubled = {cid: n for cid, n in counts.items() if n > 1}
-    assert len(doubled) <= 1 and set(doubled.values()) <= {2}, doubled
+    assert len(doubled) <= int(killed.env["PARCOURS_PARTITIONS"]), doubled
+    assert set(doubled.values()) <= {2}, doubled
     for cid in doubled:
         first, second = [a for a in arrivals if a.control_id == cid]
         assert first.at < kill_done and second.at > kill_started
