@@ -88,11 +88,21 @@ class GroupCommitter:
             self.committed += len(batch)
             if self._on_commit:
                 self._on_commit(len(batch), time.perf_counter() - started)
+            # One wake-up of each waiting loop per batch, not one per message: every
+            # call_soon_threadsafe writes to the loop's self-pipe and takes the GIL.
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending, Saved | Exception]]] = {}
             for p, s in zip(batch, saved, strict=True):
-                if isinstance(s, Exception):  # refused alone, after a split batch
-                    p.loop.call_soon_threadsafe(_fail, p.future, s)
-                else:
-                    p.loop.call_soon_threadsafe(_resolve, p.future, s)
+                by_loop.setdefault(p.loop, []).append((p, s))
+            for loop, outcomes in by_loop.items():
+                loop.call_soon_threadsafe(_settle, outcomes)
+
+
+def _settle(outcomes: list[tuple[_Pending, Saved | Exception]]) -> None:
+    for p, s in outcomes:
+        if isinstance(s, Exception):  # refused alone, after a split batch
+            _fail(p.future, s)
+        else:
+            _resolve(p.future, s)
 
 
 def _resolve(fut: asyncio.Future[Saved], value: Saved) -> None:

@@ -425,6 +425,8 @@ class _Raced(Exception):
 
 @lru_cache(maxsize=64)
 def _multi_insert(rows: int, sqlite: bool) -> str:
+    """A multi-row VALUES. Measured against one array per column unnested on PostgreSQL
+    (a statement text independent of the batch size): 0.53 vs 0.75 ms for 4 rows."""
     mark = "?" if sqlite else "%s"
     one = f"({', '.join(mark for _ in _MESSAGE_COLUMNS)})"
     return (f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) VALUES "
