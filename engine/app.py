@@ -68,11 +68,16 @@ class Engine:
         from .timeline import install as install_timeline
 
         install_timeline(self)  # the `timeline` destination type and /api/v1 (issue #5)
-        from channels.outbound.dmp import set_consent_check
+        from channels.outbound.dmp import set_consent_check, set_document_versions
 
+        from .dmp_versions import StoreDocumentVersions
         from .timeline.consent import consent_check_for
 
-        set_consent_check(consent_check_for(self.store.engine))  # ZFA opposition stops DMP feeds
+        self._dmp_consent = consent_check_for(self.store.engine)
+        set_consent_check(self._dmp_consent)  # ZFA opposition stops DMP feeds
+        # Successive corrections of a CR-BIO become versions 2, 3, … replacing the latest.
+        self._dmp_versions = StoreDocumentVersions(self.store.engine)
+        set_document_versions(self._dmp_versions)
         self.destinations: dict[str, Destination] = {}
         self.bus = Bus(settings.broker_url, settings.partitions, self.runner.run_partition)
         self.runner.notify = self.bus.notify
@@ -341,9 +346,20 @@ class Engine:
             if self._http_task:
                 await self._http_task
         await asyncio.to_thread(self.committer.close)
+        self._release_dmp_hooks()
         self.store.close()
         self.started = False
         log.info("engine stopped")
+
+    def _release_dmp_hooks(self) -> None:
+        """The DMP hooks are process-wide defaults bound to this engine's store: a stopped
+        engine's store must not serve destinations built later (another engine, a test)."""
+        from channels.outbound import dmp
+
+        if dmp._default_consent_check is self._dmp_consent:
+            dmp.set_consent_check(None)
+        if dmp._default_versions is self._dmp_versions:
+            dmp.set_document_versions(None)
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()

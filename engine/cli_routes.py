@@ -121,7 +121,7 @@ def cmd_deliveries(args: argparse.Namespace, settings: Settings) -> int:
     store = Store(settings.store_url)
     q = (select(deliveries.c.id, deliveries.c.message_id, deliveries.c.route,
                 deliveries.c.destination, deliveries.c.status, deliveries.c.attempts,
-                deliveries.c.updated_at, deliveries.c.last_error)
+                deliveries.c.updated_at, deliveries.c.last_error, deliveries.c.error_code)
          .where(deliveries.c.status.in_(statuses)).order_by(deliveries.c.id).limit(args.limit))
     with store.engine.connect() as conn:
         rows = conn.execute(q).all()
@@ -129,11 +129,13 @@ def cmd_deliveries(args: argparse.Namespace, settings: Settings) -> int:
     if not rows:
         print(f"no {args.status} deliveries")
         return 0
-    print(f"{'id':>8} {'message':>8} {'status':<9} {'tries':>5}  destination / route  error")
+    print(f"{'id':>8} {'message':>8} {'status':<9} {'tries':>5}  destination / route  "
+          "[code] error")
     for r in rows:
         err = (r.last_error or "").replace("\n", " ")[:90]
+        code = f"[{r.error_code}] " if r.error_code else ""
         print(f"{r.id:>8} {r.message_id:>8} {r.status:<9} {r.attempts:>5}  "
-              f"{r.destination} / {r.route}  {err}")
+              f"{r.destination} / {r.route}  {code}{err}")
     return 0
 
 

@@ -100,6 +100,9 @@ class Config:
     evaluation: str = "all"
     transformer_paths: tuple[str, ...] = ()
     text: str = ""
+    # Built-in transformers' settings from `transformer_options`, already validated:
+    # {"crbio": CrBioSettings}. Installed by the router (apply_transformer_settings).
+    transformer_settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 def interpolate(value: str, env: Mapping[str, str]) -> str:
@@ -186,6 +189,8 @@ def _schema_message(err: jsonschema.ValidationError) -> str:
         return f"{where}: {err.instance!r} is not one of {', '.join(map(str, err.validator_value))}"
     if err.validator == "propertyNames":
         return f"{where}: name {err.instance!r} must be lower-case letters, digits, '-' or '_'"
+    if err.validator == "pattern" and err.schema.get("description"):
+        return f"{where}: {err.instance!r} is not valid: {err.schema['description']}"
     return f"{where}: {err.message}"
 
 
@@ -285,6 +290,8 @@ def load_text(
             when=r.get("when") or {}, transform=tuple(r.get("transform", [])),
             stop=bool(r.get("stop", False)), enabled=bool(r.get("enabled", True)), line=line,
         ))
+    transformer_settings = _transformer_settings(data, destinations, routes, tree, file,
+                                                 problems)
     ports: dict[int, str] = {}
     for name, ch in channels.items():
         if ch.type == "mllp" and ch.enabled and ch.port:
@@ -299,7 +306,71 @@ def load_text(
         file=file, channels=channels, destinations=destinations, routes=routes,
         evaluation=data.get("evaluation", "all"),
         transformer_paths=tuple(data.get("transformer_paths", [])), text=text,
+        transformer_settings=transformer_settings,
     )
+
+
+def _transformer_settings(data: Mapping[str, Any], destinations: Mapping[str, Any],
+                          routes: list[RouteConfig], tree: Any, file: str,
+                          problems: list[Problem]) -> dict[str, Any]:
+    """Build the settings of `transformer_options` and check what the schema cannot: value
+    sets, and that no CR-BIO with placeholder author/custodian can reach an enabled DMP."""
+    out: dict[str, Any] = {}
+    options = data.get("transformer_options") or {}
+    if "crbio" in options:
+        from connectors.dmp.metadata import Code, in_value_set
+        from transformers.cda.crbio import FACILITY_TYPE_OID, PRACTICE_SETTING_OID
+        from transformers.cda.to_crbio import SettingsError, settings_from_options
+
+        base = ["transformer_options", "crbio"]
+        try:
+            crbio = settings_from_options(options["crbio"])
+        except SettingsError as exc:
+            problems.append(Problem(file, *_position(tree, [*base, *exc.path]),
+                                    f"transformer_options.crbio.{exc}"))
+        else:
+            orgs = [(["laboratory"], crbio.laboratory)]
+            if crbio.custodian is not None:
+                orgs.append((["custodian"], crbio.custodian))
+            for sender, org in crbio.laboratories.items():
+                orgs.append((["senders", sender, "laboratory"], org))
+            for path, org in orgs:
+                # CI-SIS value sets the DMP checks (JDV_J02 facility type, JDV_J04 practice
+                # setting): refused here rather than by the DMP for every document.
+                for key, vs, code, oid in (
+                        ("facility_type", "JDV_J02_XdsHealthcareFacilityTypeCode_CISIS",
+                         org.facility_type, FACILITY_TYPE_OID),
+                        ("practice_setting", "JDV_J04_XdsPracticeSettingCode_CISIS",
+                         org.practice_setting, PRACTICE_SETTING_OID)):
+                    if not in_value_set(vs, Code(code, oid)):
+                        problems.append(Problem(
+                            file, *_position(tree, [*base, *path, key]),
+                            f"transformer_options.crbio.{'.'.join(path)}.{key}: {code!r} is "
+                            f"not in {vs}"))
+            out["crbio"] = crbio
+    if "crbio" not in out and "crbio" not in options:
+        for i, r in enumerate(routes):
+            if "crbio" not in r.transform or not r.enabled:
+                continue
+            to_dmp = [d for d in r.to if destinations.get(d, {}).get("type") == "dmp"
+                      and destinations[d].get("enabled", True) is not False]
+            if to_dmp:
+                j = r.transform.index("crbio")
+                problems.append(Problem(
+                    file, *_position(tree, ["routes", i, "transform", j]),
+                    f"route {r.name!r} sends CR-BIO documents to the DMP ({to_dmp[0]!r}) but "
+                    "transformer_options.crbio is not set: they would name a placeholder "
+                    "laboratory and biologist (set document_oid, laboratory, biologist; "
+                    "docs/dmp.md)"))
+    return out
+
+
+def apply_transformer_settings(config: Config) -> None:
+    """Install the built-in transformers' settings of this config (placeholders when absent),
+    so that a reload takes them and `routes test` shows what the engine would build."""
+    from transformers.cda.to_crbio import CrBioSettings, configure
+
+    configure(config.transformer_settings.get("crbio") or CrBioSettings())
 
 
 def load_file(path: str | Path, **kw: Any) -> Config:

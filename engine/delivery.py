@@ -218,8 +218,12 @@ class DeliveryRunner:
             detail = f"gave up after {attempts} attempts: {outcome.detail}"
         else:
             detail = outcome.detail
+        # The receiver's code stays on the row until the delivery succeeds, so a dead or
+        # waiting delivery says why in a form an operator can filter on.
         values: dict[str, Any] = {"attempts": attempts, "updated_at": now,
-                                  "response": outcome.response}
+                                  "response": outcome.response,
+                                  "error_code": None if kind == "delivered" else
+                                  outcome.error_code}
         stats = self.stats_for(row["destination"])
         if kind == "delivered":
             values.update(status=DeliveryStatus.DELIVERED, delivered_at=now, last_error=None)

@@ -141,6 +141,9 @@ class Delivery(Base):
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     last_error: Mapped[str | None] = mapped_column(Text)
     response: Mapped[str | None] = mapped_column(Text)
+    # The receiver's code for the last refusal (e.g. the DMP's XDSUnknownPatientId), apart
+    # from the free text of last_error; cleared when delivered. Migration 0005_dmp_feed.
+    error_code: Mapped[str | None] = mapped_column(String(255))
 
     __table_args__ = (
         UniqueConstraint("message_id", "route", "destination", "generation", name="uq_delivery"),
@@ -197,7 +200,35 @@ class MappingBacklogMessage(Base):
     message_id: Mapped[int] = mapped_column(BigId, ForeignKey("messages.id"), primary_key=True)
 
 
+class DmpDocument(Base):
+    """A document version the `dmp` destination numbered for a set (CDA setId), per destination.
+
+    Why: a correction must replace the *latest* version the DMP holds (RPLC, CDA R2
+    §4.2.3.1), and only the feed knows which one that is; the transformer that builds the
+    document is pure and cannot. One row per delivery (idempotency key): a retry gets the same
+    version, a replay or a new correction the next one. Migration 0005_dmp_feed.
+    """
+
+    __tablename__ = "dmp_documents"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    set_id: Mapped[str] = mapped_column(String(255))  # root^extension
+    version: Mapped[int] = mapped_column(Integer)
+    unique_id: Mapped[str] = mapped_column(String(255))  # root^extension once submitted
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))  # reserved | submitted
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint("destination", "idempotency_key", name="uq_dmp_documents_key"),
+        UniqueConstraint("destination", "set_id", "version", name="uq_dmp_documents_version"),
+    )
+
+
 messages = Message.__table__
+dmp_documents = DmpDocument.__table__
 mapping_backlog = MappingBacklog.__table__
 mapping_backlog_messages = MappingBacklogMessage.__table__
 deliveries = Delivery.__table__

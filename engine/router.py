@@ -26,7 +26,7 @@ from transformers.hl7.header import Header
 from transformers.hl7.reader import HL7ReadError, Message
 
 from .conditions import Condition, parse_condition
-from .config import Config, RouteConfig
+from .config import Config, RouteConfig, apply_transformer_settings
 from .models import DeliveryStatus, MessageStatus, deliveries, messages
 from .store import Store
 
@@ -169,6 +169,7 @@ class Router:
         """Swap routes atomically: a batch in progress finishes with the routes it started."""
         compiled = [CompiledRoute(r, self._resolve) for r in config.routes]
         disabled = {n for n, c in config.destinations.items() if c.get("enabled") is False}
+        apply_transformer_settings(config)  # e.g. the CR-BIO laboratory, before any batch
         self.config, self.routes, self.disabled = config, compiled, disabled
 
     # -- pure evaluation ------------------------------------------------------------------

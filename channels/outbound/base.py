@@ -26,21 +26,28 @@ class OutboundItem:
 
 @dataclass(frozen=True)
 class Outcome:
+    """What one attempt came to. `error_code` is the receiver's own code for a refusal (the
+    DMP's RegistryError codes, comma-separated), kept apart from the text so an operator can
+    filter and count failures by cause (`parcours deliveries`, the deliveries table)."""
+
     kind: Kind
     detail: str = ""
     response: str | None = None
+    error_code: str | None = None
 
     @classmethod
     def delivered(cls, detail: str = "", response: str | None = None) -> Outcome:
         return cls("delivered", detail, response)
 
     @classmethod
-    def retry(cls, detail: str, response: str | None = None) -> Outcome:
-        return cls("retry", detail, response)
+    def retry(cls, detail: str, response: str | None = None,
+              error_code: str | None = None) -> Outcome:
+        return cls("retry", detail, response, error_code)
 
     @classmethod
-    def dead(cls, detail: str, response: str | None = None) -> Outcome:
-        return cls("dead", detail, response)
+    def dead(cls, detail: str, response: str | None = None,
+             error_code: str | None = None) -> Outcome:
+        return cls("dead", detail, response, error_code)
 
 
 class Destination(Protocol):

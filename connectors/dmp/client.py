@@ -21,7 +21,7 @@ from lxml import etree
 from . import iti41
 from .iti41 import EntryInfo, RegistryError, RegistryResult, SoapError
 from .metadata import DocumentEntry, SubmissionSet, submit_objects_request, update_status_request
-from .saml import VIHFIdentity, build_assertion
+from .saml import VIHFIdentity, build_assertion, coded
 
 TRANSIENT_CODES = frozenset({
     "XDSRegistryBusy", "XDSRepositoryBusy", "XDSRegistryOutOfResources",
@@ -30,7 +30,15 @@ TRANSIENT_CODES = frozenset({
 
 
 class DMPUnavailable(Exception):
-    """The DMP could not be reached or answered with a server error: try again later."""
+    """The DMP could not be reached or answered with a server error: try again later.
+
+    `code` says which, in the form stored as the delivery's error code ("HTTP503",
+    "ConnectError", ...), so transport failures can be told apart from the DMP's refusals.
+    """
+
+    def __init__(self, message: str, code: str = "TransportError") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -61,7 +69,11 @@ class DMPConfig:
             lps_name=ident.get("lps_name", "Parcours"),
             lps_version=ident.get("lps_version", "0.1"),
             lps_homologation=ident.get("lps_homologation", ""),
+            lps_id=ident.get("lps_id", ""),
+            vihf_version=str(ident.get("vihf_version", VIHFIdentity.vihf_version)),
         )
+        if ident.get("secret_connection_code"):
+            identity.secret_connection = coded(str(ident["secret_connection_code"]))
         tls = options.get("tls") or {}
         sign = options.get("signing") or {}
         return cls(
@@ -93,21 +105,23 @@ class DMPClient:
     async def close(self) -> None:
         await self._http.aclose()
 
-    def _assertion(self, patient_cx: str) -> etree._Element | None:
+    def _assertion(self, patient_cx: str, secret: bool = False) -> etree._Element | None:
+        """`secret`: the sender asked for the DMP's secret connection (MetaDMPMSS
+        CONNEXION_SECRETE=Y); the VIHF then carries the confidentiality-code attribute."""
         if not self._sign_cert:
             return None
         return build_assertion(self.config.identity, patient_cx, self._sign_cert,
-                               self._sign_key)
+                               self._sign_key, confidential_access=secret)
 
     async def _post(self, url: str, content: bytes, content_type: str) -> iti41.SoapMessage:
         try:
             r = await self._http.post(url, content=content, headers={
                 "Content-Type": content_type})
         except httpx.HTTPError as exc:
-            raise DMPUnavailable(f"{type(exc).__name__}: {exc}") from None
+            raise DMPUnavailable(f"{type(exc).__name__}: {exc}", type(exc).__name__) from None
         if r.status_code >= 500 or r.status_code in (408, 429):
             # SOAP 1.2 HTTP binding: Receiver faults come with 500 — the DMP's problem, retry.
-            raise DMPUnavailable(f"HTTP {r.status_code}")
+            raise DMPUnavailable(f"HTTP {r.status_code}", f"HTTP{r.status_code}")
         msg = iti41.read_message(r.content, r.headers.get("content-type", ""))
         reason = iti41.fault_reason(msg.body)
         if reason:  # Sender fault (HTTP 400): the request itself is wrong
@@ -117,32 +131,32 @@ class DMPClient:
         return msg
 
     async def provide_and_register(self, cda: bytes, entry: DocumentEntry,
-                                   sset: SubmissionSet, replaces_entry_uuid: str = ""
-                                   ) -> RegistryResult:
+                                   sset: SubmissionSet, replaces_entry_uuid: str = "", *,
+                                   secret: bool = False) -> RegistryResult:
         """ITI-41: the CDA as an MTOM attachment (text/xml), metadata in the SOAP body."""
         sor = submit_objects_request(sset, entry, replaces_entry_uuid)
         cid = f"doc.{uuid.uuid4().hex}@parcours"
         body = iti41.provide_and_register(sor, {entry.entry_uuid: cid})
         env = iti41.envelope(iti41.ITI41, self.config.repository_url, body,
-                             security=self._assertion(entry.patient_id))
+                             security=self._assertion(entry.patient_id, secret))
         data, ctype = iti41.mtom(env, {cid: (cda, "text/xml")}, iti41.ITI41)
         msg = await self._post(self.config.repository_url, data, ctype)
         return iti41.read_registry_result(msg.body)
 
-    async def _query(self, patient_cx: str, query_id: str, params: dict[str, list[str]]
-                     ) -> tuple[RegistryResult, list[EntryInfo]]:
+    async def _query(self, patient_cx: str, query_id: str, params: dict[str, list[str]],
+                     secret: bool = False) -> tuple[RegistryResult, list[EntryInfo]]:
         url = self.config.registry_url or self.config.repository_url
         env = iti41.envelope(iti41.ITI18, url, iti41.stored_query(query_id, params),
-                             security=self._assertion(patient_cx))
+                             security=self._assertion(patient_cx, secret))
         msg = await self._post(url, etree.tostring(env, xml_declaration=True, encoding="UTF-8"),
                                f'application/soap+xml; charset=UTF-8; action="{iti41.ITI18}"')
         return iti41.read_registry_result(msg.body), iti41.read_entries(msg.body)
 
-    async def get_documents(self, patient_cx: str, unique_id: str
+    async def get_documents(self, patient_cx: str, unique_id: str, *, secret: bool = False
                             ) -> tuple[RegistryResult, list[EntryInfo]]:
         """ITI-18 GetDocuments by uniqueId: finds the entry a replacement or deletion targets."""
         return await self._query(patient_cx, iti41.GET_DOCUMENTS,
-                                 {"$XDSDocumentEntryUniqueId": [unique_id]})
+                                 {"$XDSDocumentEntryUniqueId": [unique_id]}, secret)
 
     async def find_documents(self, patient_cx: str, statuses: tuple[str, ...] = (
             "urn:oasis:names:tc:ebxml-regrep:StatusType:Approved",)
@@ -151,12 +165,12 @@ class DMPClient:
             "$XDSDocumentEntryPatientId": [patient_cx], "$XDSDocumentEntryStatus": list(statuses)})
 
     async def update_status(self, sset: SubmissionSet, entry_uuid: str, original: str,
-                            new: str) -> RegistryResult:
+                            new: str, *, secret: bool = False) -> RegistryResult:
         """ITI-57 with UpdateAvailabilityStatus (the DMP's logical deletion, CI-SIS TD3.3c)."""
         url = self.config.registry_url or self.config.repository_url
         env = iti41.envelope(iti41.ITI57, url, update_status_request(sset, entry_uuid,
                                                                       original, new),
-                             security=self._assertion(sset.patient_id))
+                             security=self._assertion(sset.patient_id, secret))
         msg = await self._post(url, etree.tostring(env, xml_declaration=True, encoding="UTF-8"),
                                f'application/soap+xml; charset=UTF-8; action="{iti41.ITI57}"')
         return iti41.read_registry_result(msg.body)

@@ -5,6 +5,17 @@ Why it is signed here, with the structure's certificate ("certificat de cachet")
 feeds the DMP in indirect authentication mode, as an automated process acting for a care
 structure; the DMP trusts the assertion because the structure signed it (XML-DSig enveloped,
 RSA-SHA256, exclusive c14n, as in the ANS example).
+
+Attribute names and values follow the ANS "Mapping VIHF pour le DMP" table of the HL7 v2 CDA
+transmission guide (ansforge/IG-hl7v2-volet-transmission-document-cda-r2,
+input/pagecontent/mapping.md, v2.1.3) and its "Exemple d'un VIHF avec automate":
+Identifiant_Structure, Secteur_Activite (JDV_J61), Subject/NameID, xspa subject-id, xacml
+subject:role (AUTOMATE, 1.2.250.1.213.1.1.4.6), VIHF_Version (the table says the constant
+"4.0"; its example still shows "3.0"), Authentification_Mode = INDIRECTE, xacml resource-id
+(INS as CX), Ressource_URN = urn:dmp, xspa purposeofuse (code "normal",
+1.2.250.1.213.1.1.4.248), LPS_ID (optional), LPS_Nom, LPS_Version, LPS_ID_HOMOLOGATION_DMP,
+and `urn:oasis:names:tc:xspa:1.0:resource:patient:hl7:confidentiality-code`, required when a
+secret connection to the DMP is asked (MetaDMPMSS CONNEXION_SECRETE=Y).
 """
 
 from __future__ import annotations
@@ -46,9 +57,24 @@ class VIHFIdentity:
     lps_name: str = "Parcours"
     lps_version: str = "0.1"
     lps_homologation: str = ""  # LPS_ID_HOMOLOGATION_DMP, given by the ANS
+    lps_id: str = ""  # LPS_ID (optional in the ANS table): this installation's identifier
     purpose_of_use: Role = Role("normal", "1.2.250.1.213.1.1.4.248", "Accès normal")
     authn_context: str = "urn:oasis:names:tc:SAML:2.0:ac:classes:unspecified"
-    vihf_version: str = "3.0"
+    vihf_version: str = "4.0"  # ANS mapping table: constant "4.0"
+    # Value of the confidentiality-code attribute for a secret connection. The ANS table
+    # names the attribute and when it is required, not its value: the J08 code below
+    # ("invisible to the legal representatives", the minors' case) is our reading, to be
+    # confirmed on the DMP test platform; `identity.secret_connection_code` overrides it.
+    secret_connection: Role = Role("INVISIBLE_REPRESENTANTS_LEGAUX", "1.2.250.1.213.1.1.4.13",
+                                   "Non visible par les représentants légaux du patient")
+
+
+def coded(text: str) -> Role:
+    """"code^codeSystem^displayName" (the routes.yaml form) → a coded value."""
+    parts = text.split("^")
+    if len(parts) < 2 or not parts[0] or not parts[1]:
+        raise ValueError(f"coded value {text!r}: write code^codeSystemOID[^displayName]")
+    return Role(parts[0], parts[1], parts[2] if len(parts) > 2 else "")
 
 
 def _attr(stmt: etree._Element, name: str, value: str | etree._Element) -> None:
@@ -108,8 +134,11 @@ def build_assertion(identity: VIHFIdentity, patient_cx: str, cert_pem: bytes, ke
     _attr(stmt, "urn:oasis:names:tc:xacml:2.0:resource:resource-id", patient_cx)
     _attr(stmt, "Ressource_URN", "urn:dmp")
     if confidential_access:
+        # ANS mapping table: required when a secret connection to the DMP is asked.
         _attr(stmt, "urn:oasis:names:tc:xspa:1.0:resource:patient:hl7:confidentiality-code",
-              _coded("ConfidentialityCode", Role("R", "2.16.840.1.113883.5.25")))
+              _coded("ConfidentialityCode", identity.secret_connection))
+    if identity.lps_id:
+        _attr(stmt, "LPS_ID", identity.lps_id)
     _attr(stmt, "LPS_Nom", identity.lps_name)
     _attr(stmt, "LPS_Version", identity.lps_version)
     if identity.lps_homologation:

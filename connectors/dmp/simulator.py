@@ -68,6 +68,7 @@ class StoredDocument:
     hash: str
     metadata: bytes  # the ExtrinsicObject as received
     content: bytes
+    replaces: str = ""  # entryUUID this entry replaced (RPLC association), if any
 
 
 @dataclass
@@ -82,6 +83,7 @@ class SimulatorState:
     documents: dict[str, StoredDocument] = field(default_factory=dict)
     fail_next: list[str] = field(default_factory=list)  # "busy", "http503" (tests, rehearsal)
     received: list[str] = field(default_factory=list)  # actions received, for tests
+    vihf: list[dict[str, list[str]]] = field(default_factory=list)  # VIHF attributes seen
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def by_unique_id(self, uid: str) -> list[StoredDocument]:
@@ -166,6 +168,7 @@ class Simulator:
                      if self.state.trusted_cert else assertion_attributes(assertion))
         except InvalidAssertion as exc:
             raise Reject("XDSRegistryError", str(exc)) from None
+        self.state.vihf.append(attrs)
         for required in ("VIHF_Version", "Identifiant_Structure", "Secteur_Activite",
                          "urn:oasis:names:tc:xacml:2.0:subject:role",
                          "urn:oasis:names:tc:xacml:2.0:resource:resource-id", "Ressource_URN"):
@@ -219,6 +222,9 @@ class Simulator:
         to_deprecate: list[StoredDocument] = []
         for assoc in msg.body.iter(f"{{{RIM}}}Association"):
             if assoc.get("associationType") == RPLC:
+                for d in new:
+                    if d.entry_uuid == assoc.get("sourceObject"):
+                        d.replaces = assoc.get("targetObject", "")
                 target = self.state.documents.get(assoc.get("targetObject", ""))
                 if target is None or target.status != APPROVED:
                     raise Reject("UnresolvedReferenceException",

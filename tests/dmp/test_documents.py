@@ -46,7 +46,9 @@ def test_generated_crbio_passes_cda_schema_and_ans_schematron() -> None:
     report = validate_cda(body)
     assert report.valid, report.summary()
     assert failed_asserts(body) == []
-    assert ex.content_type == "application/cda+xml" and ex.headers["dmp_action"] == "submit"
+    # The feed numbers the version (versioning=feed): see test_successive_corrections.
+    assert ex.content_type == "application/cda+xml; versioning=feed"
+    assert ex.headers["dmp_action"] == "submit"
 
 
 def test_generated_crbio_content() -> None:
@@ -230,3 +232,24 @@ def test_vihf_signature_verifies_with_the_test_certificate(certs: Certs) -> None
     tampered = etree.fromstring(etree.tostring(a).replace(b"1120459876", b"9999999999"))
     with pytest.raises(InvalidAssertion):
         verify_assertion(tampered, certs.sign_cert.read_bytes())
+
+
+def test_feed_renumbering_keeps_the_document_valid() -> None:
+    """The `dmp` destination renumbers CR-BIO versions (transformers/cda/versioning.py): the
+    result still passes the CDA schema and the ANS schematron."""
+    from transformers.cda.versioning import renumber
+
+    first, _ = build("F")
+    v3 = renumber(parse(first), 3, "1.2.250.1.213.1.1.9.999^lab.v2.X")
+    root = parse(v3)
+    assert root.find(f"{V3}versionNumber").get("value") == "3"
+    assert ".v3." in root.find(f"{V3}id").get("extension")
+    pid = root.find(f"{V3}relatedDocument[@typeCode='RPLC']/{V3}parentDocument/{V3}id")
+    assert (pid.get("root"), pid.get("extension")) == ("1.2.250.1.213.1.1.9.999", "lab.v2.X")
+    assert root.find(f"{V3}relatedDocument").getnext().tag == f"{V3}componentOf"
+    assert validate_cda(v3).valid and failed_asserts(v3) == []
+    # A correction whose earlier versions never reached the DMP is sent as a first version.
+    corrected, _ = build("C")
+    alone = parse(renumber(parse(corrected), 1, ""))
+    assert alone.find(f"{V3}relatedDocument") is None
+    assert alone.find(f"{V3}versionNumber").get("value") == "1"

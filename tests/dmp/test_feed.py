@@ -241,3 +241,44 @@ def test_factory_builds_the_dmp_destination(certs: Certs) -> None:
 
     d = build_destination("dmp", {"type": "dmp", "options": dmp_options("https://x/dmp", certs)})
     assert d.type == "dmp"
+
+
+SECRET_ATTR = "urn:oasis:names:tc:xspa:1.0:resource:patient:hl7:confidentiality-code"
+
+
+async def test_secret_connection_is_asked_in_the_vihf(dmp_server: RunningSim, certs: Certs,
+                                                      sim: Any) -> None:
+    """MetaDMPMSS CONNEXION_SECRETE=Y (the ANS MDM INIT sample) → the VIHF of every
+    transaction carries the confidentiality-code attribute; =N (ORU INIT sample) → it does not
+    (ANS HL7 v2 CDA transmission guide, "Mapping VIHF pour le DMP")."""
+    dest = destination(dmp_server, certs)
+    try:
+        out = await send(dest, MDM / "Transmission_initiale_MDM" /
+                         "message_MDM_CR_Radio_INIT_N1_Base64.er7", "secret")
+        assert out.kind == "delivered", out
+        assert sim.state.vihf[-1][SECRET_ATTR] == ["INVISIBLE_REPRESENTANTS_LEGAUX"]
+        assert sim.state.vihf[-1]["VIHF_Version"] == ["4.0"]
+        out = await send(dest, ORU / "Transmission_initiale_ORU" /
+                         "message_ORU_CR_Bio_INIT_N3_SEGUR.hl7", "not-secret")
+        assert out.kind == "delivered", out
+        assert SECRET_ATTR not in sim.state.vihf[-1]
+    finally:
+        await dest.close()
+
+
+async def test_secret_connection_code_and_lps_id_are_configurable(
+        dmp_server: RunningSim, certs: Certs, sim: Any) -> None:
+    opts = dmp_options(dmp_server.url, certs)
+    opts["identity"] = {**opts["identity"],  # type: ignore[dict-item]
+                        "secret_connection_code": "R^2.16.840.1.113883.5.25^Restreint",
+                        "lps_id": "1.2.250.1.999.1.1", "vihf_version": "3.0"}
+    dest = DMPDestination("dmp", {"type": "dmp", "options": opts})
+    try:
+        out = await send(dest, MDM / "Transmission_initiale_MDM" /
+                         "message_MDM_CR_Radio_INIT_N1_Base64.er7", "secret-r")
+        assert out.kind == "delivered", out
+        seen = sim.state.vihf[-1]
+        assert seen[SECRET_ATTR] == ["R"] and seen["LPS_ID"] == ["1.2.250.1.999.1.1"]
+        assert seen["VIHF_Version"] == ["3.0"]
+    finally:
+        await dest.close()

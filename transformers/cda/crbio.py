@@ -158,6 +158,7 @@ class CrBioRequest:
     confidentiality: str = "N"
     parent_document: tuple[str, str] | None = None  # (root, extension) replaced (RPLC)
     language: str = "fr-FR"
+    custodian: Organisation | None = None  # who keeps the document; default: the laboratory
     extra_ids: dict[str, str] = field(default_factory=dict)
 
 
@@ -417,7 +418,7 @@ def build_crbio(req: CrBioRequest) -> bytes:
     _el(author, "time", {"value": now})
     _assigned(author, "assignedAuthor", bio, lab)
     cust = _el(_el(doc, "custodian"), "assignedCustodian")
-    _organisation(cust, "representedCustodianOrganization", lab)
+    _organisation(cust, "representedCustodianOrganization", req.custodian or lab)
     legal = _el(doc, "legalAuthenticator")
     _el(legal, "time", {"value": now})
     _el(legal, "signatureCode", {"code": "S"})

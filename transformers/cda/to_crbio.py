@@ -7,14 +7,23 @@ documents) comes from `CrBioSettings`, set once by the engine with `configure()`
 
 Identifiers are derived from the message, never from a clock or a random source, so that a
 replay builds the very same document (transformer contract: deterministic, no side effects):
-document id = <document_oid>.<sender>.<MSH-10>, setId = <sender>.<filler order>. An ORU whose
-OBX-11 are C (correction) produces version 2 of the set, replacing version 1 (RPLC).
+setId = <document_oid>^<sender>.<filler order>, document id =
+<document_oid>^<sender>.<filler order>.v<version>.<MSH-10>. An ORU whose OBX-11 are C
+(correction) is built as version 2 replacing version 1 (RPLC); the content type
+`application/cda+xml; versioning=feed` tells the `dmp` destination to give it its real number
+from what it already submitted (a second correction becomes version 3 replacing version 2,
+see transformers/cda/versioning.py) — a pure transformer cannot know that.
+
+Settings: `transformer_options.crbio` in routes.yaml (docs/dmp.md), turned into
+`CrBioSettings` by `settings_from_options` and installed by the engine with `configure()`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from transformers.exchange import Exchange
 from transformers.hl7.header import INS_OIDS
@@ -22,6 +31,8 @@ from transformers.hl7.header import INS_OIDS
 from .crbio import Address, CrBioRequest, Organisation, Patient, Professional, Result, build_crbio
 
 CDA_CONTENT_TYPE = "application/cda+xml"
+# The version is numbered by the feed (channels/outbound/dmp.py), not by this transformer.
+CRBIO_CONTENT_TYPE = f"{CDA_CONTENT_TYPE}; versioning=feed"
 
 
 @dataclass
@@ -38,14 +49,94 @@ class CrBioSettings:
     # Per sender (MSH-4): its own laboratory / biologist when one platform serves several labs.
     laboratories: dict[str, Organisation] = field(default_factory=dict)
     biologists: dict[str, Professional] = field(default_factory=dict)
+    # The custodian (CDA custodian, who keeps the document); None: the laboratory.
+    custodian: Organisation | None = None
+    custodians: dict[str, Organisation] = field(default_factory=dict)
+    configured: bool = False  # False: the placeholders above, never meant for the DMP
 
 
 _settings = CrBioSettings()
 
 
 def configure(settings: CrBioSettings) -> None:
+    """Install the settings every later `crbio` run uses (the engine does it at start and on
+    reload, from routes.yaml)."""
     global _settings
     _settings = settings
+
+
+class SettingsError(ValueError):
+    """A `transformer_options.crbio` value that cannot make a valid CR-BIO; `path` says where
+    (e.g. ["laboratory", "address", "postal_code"])."""
+
+    def __init__(self, path: list[str], message: str) -> None:
+        super().__init__(f"{'.'.join(path)}: {message}" if path else message)
+        self.path = path
+        self.message = message
+
+
+def _text(opts: Mapping[str, Any], key: str, path: list[str], required: bool = True,
+          default: str = "") -> str:
+    value = opts.get(key)
+    if value is None or str(value).strip() == "":
+        if required:
+            raise SettingsError([*path, key], "is required")
+        return default
+    return str(value).strip()
+
+
+def _organisation_from(opts: Mapping[str, Any], path: list[str]) -> Organisation:
+    """CI-SIS structure: IDNST id (1 + FINESS, 3 + SIRET) under 1.2.250.1.71.4.2.2."""
+    addr = opts.get("address") or {}
+    org = Organisation(
+        id_extension=_text(opts, "id", path), name=_text(opts, "name", path),
+        address=Address(_text(addr, "street", [*path, "address"], False),
+                         _text(addr, "postal_code", [*path, "address"], False),
+                         _text(addr, "city", [*path, "address"], False)),
+        telecom=_text(opts, "telecom", path, False))
+    extra = {k: str(opts[k]) for k in ("practice_setting", "practice_setting_display",
+                                       "facility_type", "facility_type_display") if k in opts}
+    return replace(org, **extra) if extra else org
+
+
+def _professional_from(opts: Mapping[str, Any], path: list[str]) -> Professional:
+    """CI-SIS person: IDNPS id (8 + RPPS) under 1.2.250.1.71.4.2.1."""
+    pro = Professional(id_extension=_text(opts, "id", path), family=_text(opts, "family", path),
+                       given=_text(opts, "given", path, False),
+                       prefix=_text(opts, "prefix", path, False))
+    extra = {k: str(opts[k]) for k in ("role_code", "role_display") if k in opts}
+    return replace(pro, **extra) if extra else pro
+
+
+def settings_from_options(options: Mapping[str, Any]) -> CrBioSettings:
+    """`transformer_options.crbio` of routes.yaml → settings. Raises SettingsError with the
+    path of the first value that is missing or unusable. The JSON schema checks formats (OIDs,
+    identifier patterns) first, with file:line; this checks what the schema cannot say."""
+    base = CrBioSettings()
+    lab = _organisation_from(options.get("laboratory") or {}, ["laboratory"])
+    bio = _professional_from(options.get("biologist") or {}, ["biologist"])
+    custodian = (_organisation_from(options["custodian"], ["custodian"])
+                 if options.get("custodian") else None)
+    labs: dict[str, Organisation] = {}
+    bios: dict[str, Professional] = {}
+    custs: dict[str, Organisation] = {}
+    for sender, per in (options.get("senders") or {}).items():
+        path = ["senders", str(sender)]
+        if not per:
+            raise SettingsError(path, "give a laboratory, biologist and/or custodian")
+        if per.get("laboratory"):
+            labs[str(sender)] = _organisation_from(per["laboratory"], [*path, "laboratory"])
+        if per.get("biologist"):
+            bios[str(sender)] = _professional_from(per["biologist"], [*path, "biologist"])
+        if per.get("custodian"):
+            custs[str(sender)] = _organisation_from(per["custodian"], [*path, "custodian"])
+    return CrBioSettings(
+        document_oid=_text(options, "document_oid", []),
+        order_oid=_text(options, "order_oid", [], False, base.order_oid),
+        local_code_oid=_text(options, "local_code_oid", [], False, base.local_code_oid),
+        time_zone=_text(options, "time_zone", [], False, base.time_zone),
+        laboratory=lab, biologist=bio, laboratories=labs, biologists=bios,
+        custodian=custodian, custodians=custs, configured=True)
 
 
 def settings() -> CrBioSettings:
@@ -111,9 +202,9 @@ def crbio_request(exchange: Exchange, observations: list[dict], sender: str,
     doc_ext = f"{set_ext}.v{version}.{_safe(control_id)}"
     parent = None
     if corrected:
-        # The version-1 id is not derivable (it carries the first MSH-10): the replacement
-        # points at the set's first version through the setId; the DMP destination resolves
-        # the entry to replace by ITI-18 (see docs/dmp.md, "Replacement").
+        # The version-1 id is not derivable (it carries the first MSH-10): this placeholder
+        # parent stands until the `dmp` destination numbers the version and points RPLC at
+        # the latest version it submitted (transformers/cda/versioning.py).
         parent = (cfg.document_oid, f"{set_ext}.v1")
     return CrBioRequest(
         document_root=cfg.document_oid,
@@ -131,6 +222,7 @@ def crbio_request(exchange: Exchange, observations: list[dict], sender: str,
         collected_at=_ts(msg.get("OBR-7"), cfg.time_zone),
         local_code_system=cfg.local_code_oid,
         parent_document=parent,
+        custodian=cfg.custodians.get(sender, cfg.custodian),
     )
 
 
@@ -154,7 +246,10 @@ def to_crbio(exchange: Exchange) -> Exchange | None:
     statuses = {o.get("status") for o in observations}
     action = "delete" if statuses == {"D"} else "replace" if "C" in statuses else "submit"
     exchange.body = build_crbio(req)
-    exchange.content_type = CDA_CONTENT_TYPE
+    # The action rides in the content type too: it is stored with the delivery, headers
+    # are not (a deletion must still be one when the delivery is retried).
+    exchange.content_type = (CRBIO_CONTENT_TYPE + "; action=delete" if action == "delete"
+                             else CRBIO_CONTENT_TYPE)
     exchange.headers["dmp_action"] = action
     exchange.headers["cda_document_id"] = f"{req.document_root}^{req.document_extension}"
     exchange.headers["cda_set_id"] = f"{req.document_root}^{req.set_extension}"
