@@ -4,7 +4,8 @@
 
 Parses each sample message with the transformer's ER7 reader and normalises its OBX (mapping
 lookup, UCUM normalisation, conversion, range and flag), cycling through the three demo
-laboratories. The goal in issue #4 is >= 5,000 messages/s.
+laboratories. The goal in issue #4 is >= 5,000 messages/s. Baseline in the same run: python-hl7
+(`hl7.parse`) parsing the same messages, without doing anything with them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,25 +50,42 @@ def main() -> None:
         f"cached {cached * 1e9:.0f} ns ({cold})"
     )
 
-    for text in messages:  # warm the caches once
+    import hl7
+
+    def parcours(text: str) -> int:
         sender, obs = observations_from_oru(text)
-        normalise_observations(obs, sender=sender, catalogue=catalogue, mappings=mappings)
+        result = normalise_observations(obs, sender=sender, catalogue=catalogue,
+                                        mappings=mappings)
+        return len(result.observations)
+
+    def python_hl7(text: str) -> int:
+        return len(hl7.parse(text.replace("\n", "\r")).segments("OBX"))
+
+    rates = {}
+    for name, fn in (("python-hl7 hl7.parse only (baseline)", python_hl7),
+                     ("Parcours read + normalise", parcours)):
+        rates[name] = measure(name, fn, messages, args.seconds)
+    base, ours = rates.values()
+    print(f"normalisation throughput / python-hl7 parse throughput: {ours / base:.2f}")
+
+
+def measure(name: str, fn: Callable[[str], int], messages: list[str], seconds: float) -> float:
+    for text in messages:  # warm the caches once
+        fn(text)
     count = obx = 0
     start = time.perf_counter()
-    deadline = start + args.seconds
+    deadline = start + seconds
     while time.perf_counter() < deadline:
         for text in messages:
-            sender, obs = observations_from_oru(text)
-            result = normalise_observations(
-                obs, sender=sender, catalogue=catalogue, mappings=mappings
-            )
+            obx += fn(text)
             count += 1
-            obx += len(result.observations)
     elapsed = time.perf_counter() - start
     print(
-        f"{count} messages ({obx} OBX) in {elapsed:.2f} s: {count / elapsed:,.0f} messages/s, "
-        f"{obx / elapsed:,.0f} OBX/s, {elapsed / obx * 1e6:.1f} µs per OBX"
+        f"{name}: {count} messages ({obx} OBX) in {elapsed:.2f} s: "
+        f"{count / elapsed:,.0f} messages/s, {obx / elapsed:,.0f} OBX/s, "
+        f"{elapsed / obx * 1e6:.1f} µs per OBX"
     )
+    return count / elapsed
 
 
 if __name__ == "__main__":
