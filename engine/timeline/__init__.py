@@ -26,8 +26,16 @@ def install(engine: Engine) -> Timeline:
     from .destination import TimelineDestination
 
     lab = getattr(engine, "lab", None)
+
+    def dmp_destinations() -> set[str]:
+        config = getattr(engine, "config", None)
+        if config is None:
+            return set()
+        return {name for name, cfg in config.destinations.items() if cfg.get("type") == "dmp"}
+
     timeline = Timeline(engine.store.engine, TimelineSettings.from_env(),
-                        catalogue=(lambda: lab.catalogue) if lab is not None else None)
+                        catalogue=(lambda: lab.catalogue) if lab is not None else None,
+                        dmp_destinations=dmp_destinations)
     engine.timeline = timeline  # type: ignore[attr-defined]
     factory._register_builtin()  # registering first must not hide the built-in types
     factory.register("timeline", lambda name, cfg: TimelineDestination(name, cfg, timeline))

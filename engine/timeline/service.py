@@ -9,6 +9,7 @@ the patient exists.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
+from ..models import deliveries
 from . import audit
 from .apply import Applier
 from .auth import Authenticator, Principal
@@ -45,10 +47,23 @@ def _iso(v: Any) -> Any:
     return v.isoformat() if isinstance(v, datetime) else v
 
 
+def _feed_state(status: str, response: str | None) -> str:
+    """sent | not_for_dmp (DESTDMP=N) | not_sent_opposition | refused | pending."""
+    if status == "delivered":
+        return "not_for_dmp" if response == "skipped" else "sent"
+    if status == "dead":
+        return "not_sent_opposition" if response == "not sent (consent)" else "refused"
+    return "pending"
+
+
 class Timeline:
     def __init__(self, db: Engine, settings: TimelineSettings | None = None,
-                 catalogue: Any = None) -> None:
+                 catalogue: Any = None,
+                 dmp_destinations: Callable[[], set[str]] | None = None) -> None:
         self.db = db
+        # Names of the routes.yaml destinations of type `dmp` (read at each call: a reload
+        # may add or remove one); their deliveries say what became of a report in the DMP.
+        self._dmp_destinations = dmp_destinations
         self.settings = settings or TimelineSettings.from_env()
         self.auth = Authenticator(db, self.settings)
         self.applier = Applier(self.settings)
@@ -187,7 +202,32 @@ class Timeline:
             doc = conn.execute(select(documents.c.id).where(
                 documents.c.event_id == r["id"])).scalar()
             out["document_id"] = doc
+        if r["type"] in ("result", "document"):
+            feed = self._dmp_feed(conn, r["last_message_id"], r["message_id"])
+            if feed is not None:
+                out["dmp"] = feed
         return out
+
+    def _dmp_feed(self, conn: Connection, *message_ids: int) -> dict[str, Any] | None:
+        """What became of the event's latest message in the DMP, read from its delivery to a
+        `dmp` destination: a clinician sees that a report was not sent because the patient
+        opposed it (ZFA), or that the DMP refused it and why (issue #7)."""
+        names = self._dmp_destinations() if self._dmp_destinations else set()
+        if not names:
+            return None
+        d = deliveries.c
+        for mid in dict.fromkeys(message_ids):
+            row = conn.execute(
+                select(d.status, d.response, d.last_error, d.error_code, d.updated_at,
+                       d.destination)
+                .where(d.message_id == mid, d.destination.in_(sorted(names)))
+                .order_by(d.id.desc()).limit(1)).mappings().first()
+            if row is not None:
+                return {"destination": row["destination"], "message_id": mid,
+                        "state": _feed_state(row["status"], row["response"]),
+                        "reason": row["last_error"], "error_code": row["error_code"],
+                        "at": _iso(row["updated_at"])}
+        return None
 
     @staticmethod
     def _obs(o: Any) -> dict[str, Any]:

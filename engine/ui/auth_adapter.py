@@ -187,7 +187,27 @@ def _event(e: dict[str, Any]) -> dict[str, Any]:
     return {"kind": e["type"], "at": _when(e.get("at")), "title": e.get("title") or e["type"],
             "cancelled": e.get("status") in ("cancelled", "deleted", "replaced"),
             "flag": "possibly redundant" if e.get("possibly_redundant") else "",
+            "dmp": _dmp_pill(e.get("dmp")),
             "source": "", "details": details, "observations": obs}
+
+
+_DMP_STATES = {  # state → (text, pill class)
+    "sent": ("DMP: sent", "ok"),
+    "not_for_dmp": ("DMP: not for the DMP (DESTDMP=N)", "idle"),
+    "not_sent_opposition": ("DMP: not sent, the patient opposed feeding the DMP", "warn"),
+    "refused": ("DMP: refused", "bad"),
+    "pending": ("DMP: pending", "idle"),
+}
+
+
+def _dmp_pill(feed: dict[str, Any] | None) -> dict[str, str] | None:
+    """What became of the report in the DMP, for the clinician (issue #7: the event says why)."""
+    if not feed:
+        return None
+    text, css = _DMP_STATES.get(str(feed.get("state")), ("DMP: " + str(feed.get("state")), "idle"))
+    if feed.get("state") == "refused":
+        text += f" ({feed.get('error_code') or feed.get('reason') or 'no reason given'})"
+    return {"text": text, "css": css}
 
 
 def _series(raw: dict[str, Any], label: str) -> dict[str, Any] | None:

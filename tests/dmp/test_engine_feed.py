@@ -173,6 +173,63 @@ async def test_deletion_removes_the_latest_accepted_version(
     assert ctype is not None and "action=delete" in ctype
 
 
+async def test_timeline_event_says_why_the_report_was_not_fed(
+        store_url: str, make_engine: Any, dmp_server: RunningSim, certs: Certs,
+        sim: Any) -> None:
+    """ZFA opposition (PAM-FR, ANS sample) then a lab report for the same INS: the report is on
+    the timeline, nothing reaches the DMP, and the result event says why."""
+    from engine.timeline.auth import Principal
+    from tests.conftest import corpus
+
+    options = json.dumps(dmp_options(dmp_server.url, certs))
+    text = f"""\
+version: 1
+{CRBIO_OPTIONS}
+channels:
+  main: {{type: mllp, host: 127.0.0.1, port: 0}}
+destinations:
+  timeline: {{type: timeline}}
+  dmp: {{type: dmp, options: {options}}}
+routes:
+  - {{name: adt-timeline, when: {{message_type: ADT}}, transform: [adt_events], to: [timeline]}}
+  - {{name: lab-timeline, when: {{message_type: ORU}}, transform: [oru_events], to: [timeline]}}
+  - {{name: lab-to-dmp, when: {{message_type: ORU}}, transform: [crbio], to: [dmp]}}
+"""
+    eng = await make_engine(text, store_url=store_url, route=True)
+    opposed = corpus("hl7v2", "ans", "Vague_2", "Consentement_DMP_PAMFR",
+                     "NonConsentementConsultation_OppositionAlimentation.er7").read_bytes()
+    assert b"MSA|AA" in await eng.send(opposed.replace(b"\r\n", b"\r").replace(b"\n", b"\r"))
+
+    def zfa_applied() -> bool:
+        """the ADT on the timeline"""
+        return all(r["status"] == "delivered" for r in delivery_rows(eng)) and bool(
+            delivery_rows(eng))
+
+    await wait_for(zfa_applied)
+    await eng.send(oru("F", "CERBAL-OPP-1"))
+    timeline = eng.engine.timeline
+    admin = Principal(None, "admin", "admin", None, "token")
+
+    def result_event() -> dict[str, Any] | None:
+        """the result event with its DMP outcome"""
+        found = timeline.find_patients(admin, "INS|" + INS, None)
+        if len(found) != 1:  # the ORU's identity may still be being reconciled
+            return None
+        events = timeline.read_timeline(admin, found[0]["id"], None, types=["result"])["events"]
+        return events[0] if events and events[0].get("dmp", {}).get("state") not in (
+            None, "pending") else None
+
+    event = await wait_for(result_event)
+    assert event["dmp"]["state"] == "not_sent_opposition"
+    assert "opposed" in event["dmp"]["reason"]
+    assert sim.state.documents == {}
+    # The clinician's page shows it on the event (engine/ui, monitoring/ui/templates).
+    from engine.ui.auth_adapter import _event
+
+    pill = _event(event)["dmp"]
+    assert pill == {"text": "DMP: not sent, the patient opposed feeding the DMP", "css": "warn"}
+
+
 @pytest.mark.parametrize("failure,code", [
     ("unknown", "XDSUnknownPatientId"),
     ("closed", "DMPClosed"),
