@@ -41,7 +41,9 @@ MOVEMENT_TITLES = {
     "A01": "Admission", "A02": "Transfer", "A03": "Discharge", "A04": "Registration",
     "A05": "Pre-admission", "A06": "Change outpatient to inpatient",
     "A07": "Change inpatient to outpatient", "A21": "Leave of absence",
-    "A22": "Return from leave of absence",
+    "A22": "Return from leave of absence", "A14": "Pending admission",
+    "A15": "Pending transfer", "A16": "Pending discharge",
+    "A54": "Change of attending doctor",
 }
 
 
@@ -154,6 +156,12 @@ class Applier:
     def _demographics(self, conn: Connection, patient_id: int, ev: dict[str, Any],
                       message_id: int, received: datetime) -> None:
         identity.history(conn, patient_id, f"update_{ev['key']}", message_id)
+
+    def _care_team(self, conn: Connection, patient_id: int, ev: dict[str, Any],
+                   message_id: int, received: datetime) -> None:
+        """ROL people (a médecin traitant, a referring doctor) join the care circle like the
+        PV1 doctors of a movement."""
+        self._name_doctors(conn, patient_id, ev, message_id, received)
 
     def _consent(self, conn: Connection, patient_id: int, ev: dict[str, Any], message_id: int,
                  received: datetime) -> None:

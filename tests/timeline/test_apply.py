@@ -277,3 +277,55 @@ def test_concurrent_messages_of_one_person_make_one_patient(tl_any: TL) -> None:
             t.join()
         assert tl_any.patient_of("000897406", f"L{n}") == tl_any.patient_of(
             "1.2.250.1.213.1.4.10", ins)
+
+
+CONSENT = (*ANS, "Vague_2", "Consentement_DMP_PAMFR",
+           "ConsentementConsultation_NonOppositionAlimentation.er7")
+
+
+def _circle(tl: TL) -> dict[str, str]:
+    from engine.timeline.models import care_circle
+
+    return {r["professional_id"]: r["role"] for r in tl.rows(care_circle)}
+
+
+def test_rol_names_the_care_team(tl_any: TL) -> None:
+    """PAM-FR ROL|…|ODRP (the médecin traitant, RPPS in ROL-4): in the care circle."""
+    tl_any.apply(read(*CONSENT), 1)
+    assert _circle(tl_any).get("10000023084") == "rol:ODRP"
+
+
+def test_rol_deleted_names_nobody(tl: TL) -> None:
+    tl.apply(edit(read(*CONSENT), "ROL", 2, "DE"), 1)  # HL7 table 0287: DE = delete
+    assert "10000023084" not in _circle(tl)
+
+
+def test_pending_movements_and_their_cancels(tl: TL) -> None:
+    """A14/A16 (pending admission/discharge) then A27/A25 cancel them (HL7 v2.5.1 §3.3.27,
+    §3.3.25); the FHIR-Converter samples share visit and EVN times."""
+    tl.apply(read(*FHIR, "ADT-A14-01.hl7"), 1)
+    tl.apply(read(*FHIR, "ADT-A16-01.hl7"), 2)
+    assert {m["trigger"]: m["status"] for m in tl.rows(movements)} == {
+        "A14": "active", "A16": "active"}
+    tl.apply(read(*FHIR, "ADT-A27-01.hl7"), 3)
+    tl.apply(read(*FHIR, "ADT-A25-01.hl7"), 4)
+    assert {m["trigger"]: m["status"] for m in tl.rows(movements)} == {
+        "A14": "cancelled", "A16": "cancelled"}
+    titles = {e["title"] for e in tl.rows(timeline_events, timeline_events.c.type == "movement")}
+    assert {"Pending admission", "Pending discharge"} <= titles
+    # ROL|…|PP (primary care provider) of these samples joins the circle too.
+    assert _circle(tl).get("12377H87") == "rol:PP"
+
+
+def test_change_of_attending_doctor(tl: TL) -> None:
+    """A54 names the new attending doctor (PV1-7): a movement and a care-circle member; A55
+    cancels the movement (HL7 v2.5.1 §3.3.54–3.3.55)."""
+    raw = read(*FHIR, "ADT-A02-01.hl7")
+    a54 = edit(edit(raw, "MSH", 9, "ADT^A54^ADT_A54"), "PV1", 7, "999001^NOUVEAU^Anne")
+    tl.apply(a54, 1)
+    (mv,) = [m for m in tl.rows(movements) if m["trigger"] == "A54"]
+    assert mv["status"] == "active"
+    assert _circle(tl).get("999001") == "attending"
+    tl.apply(edit(a54, "MSH", 9, "ADT^A55^ADT_A52"), 2)
+    (mv,) = [m for m in tl.rows(movements) if m["trigger"] == "A54"]
+    assert mv["status"] == "cancelled"

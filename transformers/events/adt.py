@@ -7,8 +7,13 @@ Sources of the rules:
   nursing wards; ZFA DMP status, consent and opposition).
 - HL7 v2.5.1 chapter 3: A01 admit, A02 transfer, A03 discharge, A04 register, A05 pre-admit,
   A06/A07 change of class, A08/A28/A31 demographics, A11/A12/A13/A38 cancels, A21/A22 leave
-  of absence, A40 merge, A47 change of identifier; PV1-2 class, PV1-3 location, PV1-7/8/9/17
-  attending/referring/consulting/admitting doctors, PV1-19 visit number, PV1-44/45 times.
+  of absence, A14/A15/A16 pending admit/transfer/discharge and their cancels A27/A26/A25,
+  A54 change of attending doctor and its cancel A55, A40 merge, A47 change of identifier;
+  PV1-2 class, PV1-3 location, PV1-7/8/9/17 attending/referring/consulting/admitting
+  doctors, PV1-19 visit number, PV1-44/45 times.
+- HL7 v2.5.1 §15.4.7 ROL (role): ROL-2 action (AD/UP/DE/UC), ROL-3 role, ROL-4 person; the
+  people it names (a médecin traitant, a referring doctor) join the patient's care team
+  unless the action is DE.
 
 Without ZBE the movement is identified by visit + trigger + time, and a cancellation names
 the trigger it cancels (A11 → A01/A04, A12 → A02, A13 → A03, A38 → A05, A52 → A21,
@@ -33,11 +38,14 @@ from .common import (
     people,
 )
 
-MOVEMENT_TRIGGERS = frozenset({"A01", "A02", "A03", "A04", "A05", "A06", "A07", "A21", "A22"})
-# What each cancellation cancels (HL7 v2.5.1 §3.3.11–3.3.13, §3.3.38; IHE PAM §3.31.4).
+MOVEMENT_TRIGGERS = frozenset({"A01", "A02", "A03", "A04", "A05", "A06", "A07", "A21", "A22",
+                               "A14", "A15", "A16", "A54"})
+# What each cancellation cancels (HL7 v2.5.1 §3.3.11–3.3.13, §3.3.25–3.3.27, §3.3.38, §3.3.55;
+# IHE PAM §3.31.4).
 CANCELS: dict[str, tuple[str, ...]] = {
     "A11": ("A01", "A04"), "A12": ("A02",), "A13": ("A03",), "A38": ("A05",),
-    "A52": ("A21",), "A53": ("A22",),
+    "A52": ("A21",), "A53": ("A22",), "A27": ("A14",), "A26": ("A15",), "A25": ("A16",),
+    "A55": ("A54",),
 }
 DEMOGRAPHICS = frozenset({"A08", "A28", "A31"})
 ACTIONS = frozenset({"INSERT", "UPDATE", "CANCEL"})
@@ -197,4 +205,24 @@ def adt_events(exchange: Exchange) -> Exchange | None:
     if consent is not None:
         consent["at"] = _time(msg, trigger, None)
         events.append(consent)
+    team = care_team_event(msg)
+    if team is not None:
+        team["at"] = _time(msg, trigger, None)
+        events.append(team)
     return envelope(exchange, patient, events)
+
+
+def care_team_event(msg: Message) -> dict[str, Any] | None:
+    """ROL segments (HL7 v2.5.1 §15.4.7) → the people they name, by ROL-3 role code; a ROL
+    whose ROL-2 action is DE (delete) names nobody. None when no ROL names anyone."""
+    doctors: dict[str, list[dict[str, str]]] = {}
+    for rol in msg.segments_named("ROL"):
+        if rol.get(2, 1, 1).strip().upper() == "DE":
+            continue
+        role = rol.get(3, 1, 1).strip().upper() or "ROL"
+        doctors.setdefault(f"rol:{role}", []).extend(people(rol, 4))
+    doctors = {k: v for k, v in doctors.items() if v}
+    if not doctors:
+        return None
+    key = ";".join(f"{k}={','.join(p['id'] for p in v)}" for k, v in sorted(doctors.items()))
+    return {"type": "care_team", "key": key, "doctors": doctors}
