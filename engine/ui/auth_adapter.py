@@ -235,10 +235,14 @@ def _series(raw: dict[str, Any], label: str) -> dict[str, Any] | None:
     return {"loinc": raw.get("loinc"), "label": label, "unit": unit, "points": points}
 
 
+TIMELINE_PAGE = 100  # events per page of the clinician's timeline (newest first)
+
+
 def patient_view(engine: Engine, session: Session, patient_id: str, remote: str,
-                 kind: str | None, loinc: str | None) -> dict[str, Any] | None:
-    """The timeline and, when asked, one analyte's series; None when the user may not read
-    this patient (the timeline audited the denied attempt)."""
+                 kind: str | None, loinc: str | None, offset: int = 0
+                 ) -> dict[str, Any] | None:
+    """A page of the timeline and, when asked, one analyte's series; None when the user may
+    not read this patient (the timeline audited the denied attempt)."""
     from engine.timeline import Denied
 
     if not patient_id.isdigit():
@@ -248,10 +252,9 @@ def patient_view(engine: Engine, session: Session, patient_id: str, remote: str,
     pid = int(patient_id)
     try:
         tl = timeline.read_timeline(who, pid, remote, types=[kind] if kind else None,
-                                    limit=500)
+                                    offset=max(0, offset), limit=TIMELINE_PAGE)
         # The codes with results come from every result, whatever the kind filter shows.
-        results = tl if kind == "result" else timeline.read_timeline(
-            who, pid, remote, types=["result"], limit=500)
+        results = timeline.read_timeline(who, pid, remote, types=["result"], limit=500)
     except Denied:
         return None
     codes: dict[str, dict[str, Any]] = {}
@@ -269,5 +272,10 @@ def patient_view(engine: Engine, session: Session, patient_id: str, remote: str,
             return None
         label = codes.get(loinc, {}).get("label") or loinc
         series = _series(raw, label)
+    first = tl["offset"] + 1 if tl["events"] else 0
+    page = {"total": tl["total"], "first": first, "last": tl["offset"] + len(tl["events"]),
+            "older": tl["next_offset"],
+            "newer": max(0, tl["offset"] - TIMELINE_PAGE) if tl["offset"] > 0 else None}
     return {"patient": _patient(tl["patient"]), "events": [_event(e) for e in tl["events"]],
-            "codes": sorted(codes.values(), key=lambda c: c["label"]), "series": series}
+            "codes": sorted(codes.values(), key=lambda c: c["label"]), "series": series,
+            "page": page}

@@ -45,15 +45,18 @@ def build_router(ui: UI) -> APIRouter:
         q = request.query_params
         kind = q.get("kind", "")
         loinc = q.get("loinc", "").strip()
+        offset_text = q.get("offset", "0")
+        offset = int(offset_text) if offset_text.isdigit() else 0
         view = await asyncio.to_thread(
             auth_adapter.patient_view, engine, s, patient_id, remote_of(request),
-            kind if kind in EVENT_KINDS else None, loinc or None)
+            kind if kind in EVENT_KINDS else None, loinc or None, offset)
         if view is None:
             raise Forbidden("you may not read this patient's record: it is shown only to "
                             "the clinicians of the patient's care circle")
         return ui.render(request, "patient.html", {
             "p": view["patient"], "events": view["events"], "kinds": EVENT_KINDS,
             "kind": kind, "codes": view["codes"], "loinc": loinc,
-            "series": view["series"], "patient_id": patient_id}, session=s)
+            "series": view["series"], "page": view["page"], "patient_id": patient_id},
+            session=s)
 
     return router

@@ -97,3 +97,30 @@ async def test_deactivated_user_loses_the_session(clinical: Any) -> None:
         set_active(clinical.engine.timeline.db, "dr-martin", False)
         r = await c.get("/ui/patients")
         assert r.status_code == 303 and r.headers["location"].startswith("/ui/login")
+
+
+async def test_timeline_pages(clinical: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Newest first, a page at a time, with links both ways; a bad offset is page one."""
+    from engine.ui import auth_adapter
+
+    monkeypatch.setattr(auth_adapter, "TIMELINE_PAGE", 2)
+    pid = patient_id(clinical)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port(clinical)}") as c:
+        await login(c, clinical.accounts["doctor"])
+        first = await c.get(f"/ui/patients/{pid}")
+        total = int(re.search(r"events 1–2 of (\d+)", first.text).group(1))
+        assert total > 4
+        assert first.text.count('<li class="kind-') == 2
+        assert f'href="/ui/patients/{pid}?offset=2" rel="next"' in first.text
+        assert 'rel="prev"' not in first.text
+        second = await c.get(f"/ui/patients/{pid}", params={"offset": "2"})
+        assert f"events 3–4 of {total}" in second.text
+        assert f'href="/ui/patients/{pid}?offset=0" rel="prev"' in second.text
+        titles = lambda page: re.findall(r'<div class="what">([^<\n]+)', page.text)  # noqa: E731
+        assert titles(first) != titles(second)
+        last = await c.get(f"/ui/patients/{pid}", params={"offset": str(total - 1)})
+        assert last.text.count('<li class="kind-') == 1 and 'rel="next"' not in last.text
+        bad = await c.get(f"/ui/patients/{pid}", params={"offset": "abc"})
+        assert "events 1–2 of" in bad.text
+        kind = await c.get(f"/ui/patients/{pid}", params={"kind": "result"})
+        assert "kind-movement" not in kind.text
