@@ -338,6 +338,7 @@ class Engine:
                 pass
         self._tasks.clear()
         await asyncio.to_thread(self.bus.stop)
+        await self.runner.aclose()  # no partition runs any more; in-flight ones record
         await asyncio.to_thread(self.router.release_leadership)
         for d in self.destinations.values():
             await d.close()

@@ -1,9 +1,11 @@
-"""Group commit: many connections share one transaction, so durability costs one fsync per
-batch instead of one per message.
+"""Group commit: many waiters share one transaction, so durability costs one fsync per
+batch instead of one per item.
 
 Intake runs on the event loop; the database driver blocks. A single writer thread takes
 everything that queued up while it was committing the previous batch and commits it together.
-Each arrival's future resolves only after its transaction committed — the moment an ACK may go.
+Each item's future resolves only after its transaction committed — the moment an ACK may go.
+The delivery runner records outcomes the same way: each partition still waits for its own
+outcome before its next delivery, but concurrent partitions share the fsync.
 """
 
 from __future__ import annotations
@@ -14,44 +16,55 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from .store import Arrival, Saved
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 log = logging.getLogger("parcours.group_commit")
 
 
 @dataclass
-class _Pending:
-    arrival: Arrival
-    future: asyncio.Future[Saved]
+class _Pending(Generic[T, R]):
+    arrival: T
+    future: asyncio.Future[R]
     loop: asyncio.AbstractEventLoop
 
 
-class GroupCommitter:
+class Batcher(Generic[T, R]):
+    """One writer thread committing whatever `submit` queued meanwhile, in one `save` call."""
+
     def __init__(
         self,
-        save: Callable[[list[Arrival]], list[Saved | Exception]],
+        save: Callable[[list[T]], list[R | Exception]] | Callable[[list[T]], list[R]],
         *,
         max_batch: int = 512,
         on_commit: Callable[[int, float], None] | None = None,
+        name: str = "parcours-group-commit",
     ) -> None:
-        self._save = save
+        self._save: Callable[[list[T]], list[Any]] = save
         self._max_batch = max_batch
         self._on_commit = on_commit
-        self._queue: list[_Pending] = []
+        self._queue: list[_Pending[T, R]] = []
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="parcours-group-commit", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.batches = 0
         self.committed = 0
 
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, arrival: Arrival) -> asyncio.Future[Saved]:
-        """Queue an arrival; call from the event loop. Order of calls is commit order."""
+    @property
+    def started(self) -> bool:
+        return self._thread.is_alive()
+
+    def submit(self, arrival: T) -> asyncio.Future[R]:
+        """Queue an item; call from the event loop. Order of calls is commit order."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Saved] = loop.create_future()
+        fut: asyncio.Future[R] = loop.create_future()
         with self._cond:
             if self._closed:
                 fut.set_exception(RuntimeError("store is closing"))
@@ -90,14 +103,18 @@ class GroupCommitter:
                 self._on_commit(len(batch), time.perf_counter() - started)
             # One wake-up of each waiting loop per batch, not one per message: every
             # call_soon_threadsafe writes to the loop's self-pipe and takes the GIL.
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending, Saved | Exception]]] = {}
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending[T, R], Any]]] = {}
             for p, s in zip(batch, saved, strict=True):
                 by_loop.setdefault(p.loop, []).append((p, s))
             for loop, outcomes in by_loop.items():
                 loop.call_soon_threadsafe(_settle, outcomes)
 
 
-def _settle(outcomes: list[tuple[_Pending, Saved | Exception]]) -> None:
+class GroupCommitter(Batcher[Arrival, Saved]):
+    """Intake: arrivals in, their store ids (and a resend's original ACK) out."""
+
+
+def _settle(outcomes: list[tuple[_Pending[Any, Any], Any]]) -> None:
     for p, s in outcomes:
         if isinstance(s, Exception):  # refused alone, after a split batch
             _fail(p.future, s)
@@ -105,11 +122,11 @@ def _settle(outcomes: list[tuple[_Pending, Saved | Exception]]) -> None:
             _resolve(p.future, s)
 
 
-def _resolve(fut: asyncio.Future[Saved], value: Saved) -> None:
+def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
 
 
-def _fail(fut: asyncio.Future[Saved], exc: BaseException) -> None:
+def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(exc)
