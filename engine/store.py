@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import QueuePool
 
 from .models import MessageStatus, inbound_files, messages
+from .write_gate import WriteGate, gate_of
 
 log = logging.getLogger("parcours.store")
 
@@ -142,6 +143,7 @@ def make_engine(url: str) -> Engine:
             poolclass=QueuePool, pool_size=4, max_overflow=8,
         )
         event.listen(eng, "connect", _sqlite_pragmas)
+        WriteGate().install(eng)  # intake, router and delivery threads take turns, not naps
         return eng
     return create_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
 
@@ -217,7 +219,11 @@ class Store:
         if per_row:
             return self._save_per_row(conn, arrivals)
         sqlite = self.dialect == "sqlite"
-        cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        raw = conn.connection.dbapi_connection
+        gate = gate_of(self.engine)
+        if gate is not None:  # the raw cursor bypasses the statement hook that takes it
+            gate.hold(raw)
+        cur = raw.cursor()  # type: ignore[union-attr]
         try:
             known = self._originals(cur, sorted({a.dedup for a in arrivals if a.dedup}))
             results: list[Saved | None] = [None] * len(arrivals)
