@@ -165,11 +165,15 @@ class DMPDestination:
                                      response="skipped")
         numbered: SetVersion | None = None
         feed = self.versions is not None and feed_numbered(item.content_type) and set_id(root)
+        to_delete = ""  # a feed-numbered report: the latest version this feed got accepted
         if feed and doc.action == "delete":
-            # Deleting the report deletes the latest version this feed got accepted, not the
-            # deletion message's own (never submitted) document id.
-            return await self._delete_set(item, doc, root)
-        if feed:
+            # Not the deletion message's own (never submitted) document id.
+            to_delete = await asyncio.to_thread(self.versions.latest,  # type: ignore[union-attr]
+                                                self.name, set_id(root))
+            if not to_delete:
+                return Outcome.dead(f"deletion of report {set_id(root)}: no version of it was "
+                                    "accepted by the DMP through this destination")
+        elif feed:
             numbered = await asyncio.to_thread(self.versions.reserve, self.name, set_id(root),
                                                item.idempotency_key)
             try:
@@ -177,7 +181,7 @@ class DMPDestination:
             except NotVersionable as exc:
                 return Outcome.dead(f"cannot number the document's version: {exc}")
             root = parse(doc.cda)
-        if self.validate:
+        if self.validate and doc.action != "delete":  # a deletion submits no document
             report = validate_cda(root)
             if not report.valid:
                 return Outcome.dead("CDA fails the CDA R2/ANS schema: " + report.summary(3))
@@ -196,15 +200,20 @@ class DMPDestination:
         secret = doc.secret_connection
         try:
             if doc.action == "delete":
-                return await self._delete(entry.unique_id, entry.patient_id, sset, secret)
-            outcome = await self._provide(item, doc, entry, sset, secret)
+                outcome = await self._delete(to_delete or entry.unique_id, entry.patient_id,
+                                             sset, secret)
+            else:
+                outcome = await self._provide(item, doc, entry, sset, secret)
         except DMPUnavailable as exc:
             return Outcome.retry(f"DMP unreachable: {exc}", error_code=exc.code)
         except SoapError as exc:
             return Outcome.dead(str(exc), error_code="SOAPFault")
-        if numbered is not None and outcome.kind == "delivered":
-            await asyncio.to_thread(self.versions.submitted,  # type: ignore[union-attr]
-                                    self.name, item.idempotency_key, entry.unique_id)
+        if outcome.kind == "delivered" and self.versions is not None:
+            if numbered is not None:
+                await asyncio.to_thread(self.versions.submitted, self.name,
+                                        item.idempotency_key, entry.unique_id)
+            elif to_delete:
+                await asyncio.to_thread(self.versions.deleted, self.name, to_delete)
         return outcome
 
     async def _provide(self, item: OutboundItem, doc: EmbeddedDocument, entry: Any,
@@ -250,34 +259,6 @@ class DMPDestination:
                              secret: bool = False) -> bool:
         result, entries = await self.client.get_documents(patient_cx, unique_id, secret=secret)
         return result.ok and any(e.hash.lower() == sha1 for e in entries)
-
-    async def _delete_set(self, item: OutboundItem, doc: EmbeddedDocument,
-                          root: Any) -> Outcome:
-        versions = self.versions
-        assert versions is not None
-        latest = await asyncio.to_thread(versions.latest, self.name, set_id(root))
-        if not latest:
-            return Outcome.dead(f"deletion of report {set_id(root)}: no version of it was "
-                                "accepted by the DMP through this destination")
-        try:
-            entry = document_entry(doc.cda, root, masking=doc.masking,
-                                   patient_class=doc.patient_class)
-        except MetadataError as exc:
-            return Outcome.dead(f"CI-SIS metadata: {exc}")
-        digest = int(hashlib.sha256(item.idempotency_key.encode()).hexdigest()[:24], 16)
-        sset = submission_set(entry, source_id=self.config.source_id,
-                              unique_id=f"{self.config.submission_oid}.{digest}",
-                              patient_class=doc.patient_class)
-        sset.entry_uuid = f"urn:uuid:{uuid.uuid4()}"
-        try:
-            outcome = await self._delete(latest, entry.patient_id, sset, doc.secret_connection)
-        except DMPUnavailable as exc:
-            return Outcome.retry(f"DMP unreachable: {exc}", error_code=exc.code)
-        except SoapError as exc:
-            return Outcome.dead(str(exc), error_code="SOAPFault")
-        if outcome.kind == "delivered":
-            await asyncio.to_thread(versions.deleted, self.name, latest)
-        return outcome
 
     async def _delete(self, unique_id: str, patient_cx: str, sset: Any,
                       secret: bool = False) -> Outcome:

@@ -75,6 +75,12 @@ async def wait_for(check: Callable[[], Any], timeout: float = 30.0) -> Any:
     raise AssertionError(f"timed out waiting for {check.__doc__ or check}")
 
 
+def rows_once(eng: Any, status: str) -> list[dict[str, Any]]:
+    """The delivery rows once the first one has `status` (else [], to wait on)."""
+    rows = delivery_rows(eng)
+    return rows if rows and rows[0]["status"] == status else []
+
+
 def delivery_rows(eng: Any) -> list[dict[str, Any]]:
     with eng.store.engine.connect() as conn:
         return [dict(r) for r in conn.execute(
@@ -250,12 +256,7 @@ async def test_permanent_dmp_errors_are_dead_with_the_dmps_code(
     eng = await make_engine(routes(dmp_server.url, certs), store_url=store_url, route=True)
     assert b"MSA|CA" in await eng.send(payload)
 
-    def dead() -> list[dict[str, Any]]:
-        """the delivery is dead"""
-        rows = delivery_rows(eng)
-        return rows if rows and rows[0]["status"] == "dead" else []
-
-    [row] = await wait_for(dead)
+    [row] = await wait_for(lambda: rows_once(eng, "dead"))
     assert row["error_code"] == code and row["attempts"] == 1  # permanent: no retry
     assert code in row["last_error"]
     from engine.cli_routes import cmd_deliveries
@@ -276,12 +277,7 @@ async def test_transient_dmp_errors_retry_then_deliver(
                             route=True)
     assert b"MSA|CA" in await eng.send(oru("F", "CERBAL-BUSY"))
 
-    def delivered() -> list[dict[str, Any]]:
-        """the delivery is delivered"""
-        rows = delivery_rows(eng)
-        return rows if rows and rows[0]["status"] == "delivered" else []
-
-    [row] = await wait_for(delivered)
+    [row] = await wait_for(lambda: rows_once(eng, "delivered"))
     assert row["attempts"] == 2 and row["error_code"] is None  # cleared once delivered
     from engine.models import delivery_attempts
 
@@ -301,11 +297,6 @@ async def test_transient_error_code_stays_while_waiting(
                             route=True)
     assert b"MSA|CA" in await eng.send(oru("F", "CERBAL-BUSY2"))
 
-    def dead() -> list[dict[str, Any]]:
-        """the delivery gave up"""
-        rows = delivery_rows(eng)
-        return rows if rows and rows[0]["status"] == "dead" else []
-
-    [row] = await wait_for(dead)
+    [row] = await wait_for(lambda: rows_once(eng, "dead"))
     assert row["error_code"] == "XDSRegistryBusy" and row["attempts"] == 2
     assert "gave up after 2 attempts" in row["last_error"]
