@@ -26,11 +26,14 @@ R = TypeVar("R")
 log = logging.getLogger("parcours.group_commit")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending(Generic[T, R]):
     arrival: T
-    future: asyncio.Future[R]
+    future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    # Turns the outcome (or the exception) into the future's value on the loop, so a caller
+    # that only wants an answer (intake: the ACK) needs no second future or coroutine.
+    finish: Callable[[Any], Any] | None = None
 
 
 class Batcher(Generic[T, R]):
@@ -61,15 +64,21 @@ class Batcher(Generic[T, R]):
     def started(self) -> bool:
         return self._thread.is_alive()
 
-    def submit(self, arrival: T) -> asyncio.Future[R]:
-        """Queue an item; call from the event loop. Order of calls is commit order."""
+    def submit(
+        self, arrival: T, finish: Callable[[R | Exception], Any] | None = None
+    ) -> asyncio.Future[Any]:
+        """Queue an item; call from the event loop. Order of calls is commit order.
+
+        Without `finish` the future resolves to the item's outcome (or raises the store's
+        error); with it, to ``finish(outcome or exception)``, called on the loop."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[R] = loop.create_future()
+        fut: asyncio.Future[Any] = loop.create_future()
+        pending = _Pending(arrival, fut, loop, finish)
         with self._cond:
             if self._closed:
-                fut.set_exception(RuntimeError("store is closing"))
+                _settle([(pending, RuntimeError("store is closing"))])
                 return fut
-            self._queue.append(_Pending(arrival, fut, loop))
+            self._queue.append(pending)
             self._cond.notify()
         return fut
 
@@ -94,20 +103,26 @@ class Batcher(Generic[T, R]):
                 saved = self._save([p.arrival for p in batch])
             except Exception as exc:  # the store is down: every waiter gets the error
                 log.error("group commit failed", extra={"batch": len(batch), "error": repr(exc)})
-                for p in batch:
-                    p.loop.call_soon_threadsafe(_fail, p.future, exc)
+                self._hand_back([(p, exc) for p in batch])
                 continue
             self.batches += 1
             self.committed += len(batch)
             if self._on_commit:
                 self._on_commit(len(batch), time.perf_counter() - started)
-            # One wake-up of each waiting loop per batch, not one per message: every
-            # call_soon_threadsafe writes to the loop's self-pipe and takes the GIL.
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending[T, R], Any]]] = {}
-            for p, s in zip(batch, saved, strict=True):
-                by_loop.setdefault(p.loop, []).append((p, s))
-            for loop, outcomes in by_loop.items():
-                loop.call_soon_threadsafe(_settle, outcomes)
+            self._hand_back(list(zip(batch, saved, strict=True)))
+
+    def _hand_back(self, outcomes: list[tuple[_Pending[T, R], Any]]) -> None:
+        # One wake-up of each waiting loop per batch, not one per message: every
+        # call_soon_threadsafe writes to the loop's self-pipe and takes the GIL.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending[T, R], Any]]] = {}
+        for p, s in outcomes:
+            by_loop.setdefault(p.loop, []).append((p, s))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, items)
+            except RuntimeError:  # that loop is closed: nobody is waiting any more
+                log.warning("group commit outcome for a closed event loop",
+                            extra={"items": len(items)})
 
 
 class GroupCommitter(Batcher[Arrival, Saved]):
@@ -116,7 +131,14 @@ class GroupCommitter(Batcher[Arrival, Saved]):
 
 def _settle(outcomes: list[tuple[_Pending[Any, Any], Any]]) -> None:
     for p, s in outcomes:
-        if isinstance(s, Exception):  # refused alone, after a split batch
+        if p.finish is not None:
+            try:
+                value = p.finish(s)
+            except Exception as exc:
+                _fail(p.future, exc)
+            else:
+                _resolve(p.future, value)
+        elif isinstance(s, Exception):  # refused alone, after a split batch
             _fail(p.future, s)
         else:
             _resolve(p.future, s)

@@ -7,12 +7,14 @@ but released only after the group commit resolved.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 from transformers.hl7.ack import AckError, build_ack_bytes
 from transformers.hl7.charset import UnsupportedCharset
@@ -284,17 +286,19 @@ class Intake:
 
     def receive(
         self, raw: bytes, policy: IntakePolicy, remote: str | None = None
-    ) -> Awaitable[bytes | None]:
-        """Decide and submit now (keeps arrival order), answer once committed."""
+    ) -> asyncio.Future[bytes | None]:
+        """Decide and submit now (keeps arrival order); the future resolves to the reply
+        once the group commit settled this arrival."""
         started = time.perf_counter()
         decision = self.decide(raw, policy, remote)
-        future = self.committer.submit(decision.arrival)
-        return self._answer(decision, future, policy, started)
+        return self.committer.submit(
+            decision.arrival, partial(self._answer, decision, policy, started)
+        )
 
     def receive_oversized(
         self, head: bytes, size: int, limit: int, policy: IntakePolicy, remote: str | None,
         reason: str = "oversized",
-    ) -> Awaitable[bytes | None]:
+    ) -> asyncio.Future[bytes | None]:
         """A frame too large to keep, or cut short: store its head, answer AR from its MSH."""
         started = time.perf_counter()
         try:
@@ -313,16 +317,17 @@ class Intake:
         )
         decision.arrival.size = size
         decision.arrival.truncated = True
-        future = self.committer.submit(decision.arrival)
-        return self._answer(decision, future, policy, started)
+        return self.committer.submit(
+            decision.arrival, partial(self._answer, decision, policy, started)
+        )
 
-    async def _answer(
-        self, decision: Decision, future: Awaitable[Saved], policy: IntakePolicy, started: float
+    def _answer(
+        self, decision: Decision, policy: IntakePolicy, started: float,
+        saved: Saved | Exception,
     ) -> bytes | None:
+        """On the event loop, once the arrival's transaction ended: the reply to send."""
         stats = self.stats_for(policy.channel)
-        try:
-            saved = await future
-        except Exception:
+        if isinstance(saved, Exception):
             stats.store_errors += 1
             # Not stored, so not acknowledged: AR/CE tells the sender to try again later
             # (HL7 v2.5.1 §2.9.2: reject for reasons unrelated to content).

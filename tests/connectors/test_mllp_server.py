@@ -241,6 +241,58 @@ async def test_idle_timeout_waits_for_replies_still_owed() -> None:
         writer.close()
 
 
+async def test_idle_timeout_answers_a_frame_left_open_then_closes() -> None:
+    """A sender that stops mid-frame: the part received is reported as truncated (so the
+    engine stores it and answers AR), then the connection closes."""
+
+    async def on_oversized(head: bytes, size: int, peer: Peer) -> bytes:
+        return b"AR|" + head
+
+    async with serving(on_oversized=on_oversized, idle_timeout=0.3) as server:
+        reader, writer = await open_raw(server)
+        writer.write(frame(b"one") + b"\x0bMSH|stalled")
+        assert await read_frames(reader) == [b"ACK|one", b"AR|MSH|stalled"]  # then EOF
+        assert server.stats.truncated_frames == 1
+        writer.close()
+
+
+async def test_half_closed_sender_still_gets_every_reply_in_order() -> None:
+    handler, calls = future_handler()
+    async with serving(handler) as server:
+        reader, writer = await open_raw(server)
+        writer.write(b"".join(frame(b"h%d" % i) for i in range(5)))
+        writer.write_eof()  # nothing more to send; the replies are still owed
+        await wait_until(lambda: len(calls) == 5)
+        for payload, fut in reversed(calls):  # resolved last-first
+            fut.set_result(b"ACK|" + payload)
+        assert await read_frames(reader) == [b"ACK|h%d" % i for i in range(5)]
+        await wait_until(lambda: server.stats.connections_open == 0)
+        writer.close()
+
+
+async def test_peer_not_reading_its_replies_stops_being_read() -> None:
+    """Write-side flow control: replies a peer does not read pile up in the socket, then the
+    server stops taking its frames instead of buffering replies without bound."""
+    big = b"R" * (1024 * 1024)
+
+    async def reply(payload: bytes, peer: Peer) -> bytes:
+        return big
+
+    async with serving(reply, max_in_flight=4) as server:
+        reader, writer = await open_raw(server)
+        sent = 60
+        writer.write(b"".join(frame(b"m%d" % i) for i in range(sent)))
+        await asyncio.sleep(1.0)
+        taken = server.stats.frames_received
+        assert taken < sent  # 60 MiB of replies cannot all be written to a peer not reading
+        await asyncio.sleep(0.5)
+        assert server.stats.frames_received == taken  # and reading stays stopped
+        replies = await read_frames(reader, sent, timeout=30)
+        assert len(replies) == sent and all(r == big for r in replies)
+        assert server.stats.frames_received == sent
+        writer.close()
+
+
 async def test_two_hundred_concurrent_connections() -> None:
     clients = 200
     per_client = 5

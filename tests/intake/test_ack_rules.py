@@ -211,3 +211,24 @@ async def test_store_down_answers_ar_not_aa(eng: Any) -> None:
     ack = await eng.send(msg("DOWN-1").encode())
     assert read_ack(ack)[0] == "AR"
     assert "207" in segments(ack)["ERR"][3]
+
+
+async def test_store_refusing_writes_gets_ar_then_recovers(eng: Any) -> None:
+    """Not stored, so not acknowledged: while the messages table cannot be written the sender
+    gets AR with ERR 207 (HL7 v2.5.1 §2.9.2, resend later); once it can, AA again."""
+    store = eng.store
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE messages RENAME TO messages_away")
+    try:
+        ack = await eng.send(msg("DOWN-1").encode())
+    finally:
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE messages_away RENAME TO messages")
+    s = segments(ack)
+    assert s["MSA"][1:3] == ["AR", "DOWN-1"]
+    assert s["ERR"][3].split("^")[0] == "207"
+    assert "resend later" in ack.decode()
+    assert eng.engine.intake.stats["main"].store_errors == 1
+    ack = await eng.send(msg("DOWN-1").encode())  # the resend is a first arrival
+    assert segments(ack)["MSA"][1:3] == ["AA", "DOWN-1"]
+    assert [r["control_id"] for r in await rows(store)] == ["DOWN-1"]

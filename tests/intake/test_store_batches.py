@@ -90,3 +90,37 @@ def test_key_stored_by_another_process_during_the_batch(store_url: str) -> None:
     finally:
         a.close()
         b.close()
+
+
+def _kill_intake_connection(store: Store) -> None:
+    """Take the group commit's own connection away, as a server restart or a network cut
+    would: on PostgreSQL its backend is terminated, on SQLite the handle is closed."""
+    raw = store._intake_conn.dbapi_connection
+    if store.dialect == "sqlite":
+        raw.close()
+        return
+    pid = raw.info.backend_pid
+    admin = Store(store.url)
+    try:
+        with admin.engine.begin() as conn:
+            conn.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+    finally:
+        admin.close()
+
+
+def test_lost_intake_connection_costs_no_arrival(store_url: str) -> None:
+    store = _store(store_url)
+    try:
+        (first,) = store.save_arrivals([_arrival("C1")])
+        held = store._intake_conn
+        assert held is not None  # the fast path kept its connection
+        _kill_intake_connection(store)
+        second = store.save_arrivals([_arrival("C2"), _arrival("C1")])  # redone, slow path
+        assert second[0].duplicate_of is None and second[0].id > first.id
+        assert second[1].duplicate_of == first.id
+        (third,) = store.save_arrivals([_arrival("C3")])
+        assert store._intake_conn is not None and store._intake_conn is not held
+        assert third.id > second[1].id
+        assert store.count_messages() == 4
+    finally:
+        store.close()
