@@ -278,7 +278,7 @@ class Store:
     def _save_raw(self, raw: Any, arrivals: list[Arrival]) -> list[Saved]:
         """The batch on a DBAPI connection; the caller commits."""
         sqlite = self.dialect == "sqlite"
-        cur = raw.cursor()
+        cur = raw.cursor() if sqlite else _pg_raw_cursor(raw)
         try:
             known = self._originals(cur, sorted({a.dedup for a in arrivals if a.dedup}))
             results: list[Saved | None] = [None] * len(arrivals)
@@ -324,16 +324,17 @@ class Store:
         self, cur: Any, keys: list[str]
     ) -> dict[str, tuple[int, bytes | None, str | None, bytes | None]]:
         found: dict[str, tuple[int, bytes | None, str | None, bytes | None]] = {}
-        mark = "?" if self.dialect == "sqlite" else "%s"
+        sqlite = self.dialect == "sqlite"
         for chunk in _chunks(keys, 500):
+            marks = _marks(len(chunk), sqlite)
             cur.execute(f"SELECT dedup_key, id, ack, ack_code, raw FROM messages "
-                        f"WHERE dedup_key IN ({', '.join(mark for _ in chunk)})", chunk)
+                        f"WHERE dedup_key IN ({marks})", chunk)
             for key, mid, ack, code, raw in cur.fetchall():
                 found[key] = (int(mid), _bytes(ack), code, _bytes(raw))
         return found
 
     def _insert_raw(self, cur: Any, params: tuple[Any, ...], sqlite: bool) -> int:
-        cur.execute(_SQLITE_INSERT if sqlite else _PG_INSERT, params)
+        cur.execute(_SQLITE_INSERT if sqlite else _PG_RAW_INSERT, params)
         return int(cur.lastrowid if sqlite else cur.fetchone()[0])
 
     def _save_per_row(self, conn: Connection, arrivals: list[Arrival]) -> list[Saved]:
@@ -474,6 +475,8 @@ _SQLITE_INSERT = (f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) "
                   f"VALUES ({', '.join('?' for _ in _MESSAGE_COLUMNS)})")
 _PG_INSERT = (f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) "
               f"VALUES ({', '.join('%s' for _ in _MESSAGE_COLUMNS)}) RETURNING id")
+_PG_RAW_INSERT = (f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) VALUES "
+                  f"({', '.join(f'${i + 1}' for i in range(len(_MESSAGE_COLUMNS)))}) RETURNING id")
 # SQLite allows 32,766 bound parameters per statement (3.32+); 26 columns x 500 rows stays
 # well inside, and PostgreSQL's limit (65,535) too.
 _ROWS_PER_INSERT = 500
@@ -488,11 +491,29 @@ class _Raced(Exception):
 def _multi_insert(rows: int, sqlite: bool) -> str:
     """A multi-row VALUES. Measured against one array per column unnested on PostgreSQL
     (a statement text independent of the batch size): 0.53 vs 0.75 ms for 4 rows."""
-    mark = "?" if sqlite else "%s"
-    one = f"({', '.join(mark for _ in _MESSAGE_COLUMNS)})"
-    return (f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) VALUES "
-            f"{', '.join(one for _ in range(rows))} "
+    width = len(_MESSAGE_COLUMNS)
+    values = ", ".join(
+        f"({_marks(width, sqlite, start=r * width + 1)})" for r in range(rows)
+    )
+    return (f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) VALUES {values} "
             f"ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key")
+
+
+@lru_cache(maxsize=1024)
+def _marks(n: int, sqlite: bool, start: int = 1) -> str:
+    """Placeholders: '?' for sqlite3, '$n' for psycopg's RawCursor."""
+    if sqlite:
+        return ", ".join("?" for _ in range(n))
+    return ", ".join(f"${i}" for i in range(start, start + n))
+
+
+def _pg_raw_cursor(connection: Any) -> Any:
+    """psycopg rewrites '%s' queries into '$n' ones in Python, and caches the result only for
+    statements of at most 50 parameters (psycopg/_queries.py): a 4-row insert of 24 columns
+    was re-parsed on every batch, ~0.4 ms of GIL-held time. A RawCursor takes '$n' as is."""
+    import psycopg
+
+    return psycopg.RawCursor(connection)
 
 
 def _params(row: dict[str, Any], sqlite: bool) -> tuple[Any, ...]:
