@@ -10,9 +10,15 @@
             synchronous=FULL, group commit) before the ACK goes; with --store-url also on that
             store
 
+Two more rows take Parcours apart, to show where its time goes (not run by default):
+listener  Parcours' MLLP listener (connectors/mllp) answering a fixed ACK, nothing stored
+decide    the listener plus the intake decision (MSH read, checks, ACK built), nothing stored
+
 Every server runs in its own process; this process is the load client, the same for all:
 each connection sends one ORU^R01 (12 OBX) at a time and waits for its ACK before the next,
 as HL7 senders do (original mode). Latency is from the write to the complete ACK frame.
+"server CPU" is the CPU time (user + system, all threads) the server process used during the
+measured run, per message, read from /proc/<pid>/stat.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+SERVED_HERE = ("bare", "hl7", "listener", "decide")  # run by this script with --serve
 VT, FS, CR = b"\x0b", b"\x1c", b"\r"
 
 # -- the message ---------------------------------------------------------------------------
@@ -148,9 +155,10 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -
 
 
 class Server:
-    def __init__(self, kind: str, store_url: str | None = None) -> None:
+    def __init__(self, kind: str, store_url: str | None = None, synchronous: str = "") -> None:
         self.kind = kind
         self.store_url = store_url
+        self.synchronous = synchronous  # PARCOURS_SQLITE_SYNCHRONOUS for an SQLite engine
         self.port = free_port()
         self.tmp: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -161,12 +169,20 @@ class Server:
             return "(a) bare asyncio, fixed ACK"
         if self.kind == "hl7":
             return "(b) python-hl7 parse + create_ack"
+        if self.kind == "listener":
+            return "(c1) Parcours listener, fixed ACK, no store"
+        if self.kind == "decide":
+            return "(c2) Parcours listener + intake decision, no store"
         store = "SQLite" if not self.store_url else self.store_url.split(":", 1)[0].split("+")[0]
+        if self.synchronous:
+            return f"(c3) Parcours intake, SQLite synchronous={self.synchronous} (not durable)"
         return f"(c) Parcours intake, durable ({store})"
 
     def __enter__(self) -> Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PARCOURS_")}
-        if self.kind in ("bare", "hl7"):
+        if self.synchronous:
+            env["PARCOURS_SQLITE_SYNCHRONOUS"] = self.synchronous
+        if self.kind in SERVED_HERE:
             cmd = [sys.executable, __file__, "--serve", self.kind, "--port", str(self.port)]
         else:
             self.tmp = tempfile.mkdtemp(prefix="parcours-bench-")
@@ -205,6 +221,25 @@ class Server:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+async def serve_listener(port: int, decide: bool) -> None:
+    sys.path.insert(0, str(ROOT))
+    from connectors.mllp.server import MLLPServer, Peer
+    from engine.intake import Intake, IntakePolicy
+
+    loop = asyncio.get_running_loop()
+    intake = Intake(None)  # type: ignore[arg-type]  # decide() never touches the committer
+    policy = IntakePolicy(channel="main")
+
+    def handler(payload: bytes, peer: Peer) -> asyncio.Future[bytes | None]:
+        reply: asyncio.Future[bytes | None] = loop.create_future()
+        reply.set_result(intake.decide(payload, policy).arrival.ack if decide else FIXED_ACK)
+        return reply
+
+    server = MLLPServer(handler, host="127.0.0.1", port=port, name="bench")
+    await server.start()
+    await asyncio.Event().wait()
+
+
 # -- the load client (the same for every server) -------------------------------------------
 
 
@@ -215,6 +250,11 @@ class Result:
     messages: int
     seconds: float
     latencies: list[float]
+    cpu_seconds: float
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu_seconds / self.messages * 1e6
 
     @property
     def rate(self) -> float:
@@ -261,8 +301,21 @@ def run(server: Server, connections: int, n: int, run_id: str) -> Result:
     warmup = [oru(f"W{run_id}{connections}-{i}") for i in range(min(500, n // 5 + 1))]
     payloads = [oru(f"B{run_id}{connections}-{i}") for i in range(n)]
     asyncio.run(load(server.port, connections, warmup))
+    assert server.proc is not None
+    before = process_cpu(server.proc.pid)
     seconds, latencies = asyncio.run(load(server.port, connections, payloads))
-    return Result(server.label, connections, n, seconds, latencies)
+    used = process_cpu(server.proc.pid) - before
+    return Result(server.label, connections, n, seconds, latencies, used)
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (proc(5): fields 14 and 15)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- report --------------------------------------------------------------------------------
@@ -282,11 +335,11 @@ def machine() -> str:
 
 
 def table(results: list[Result]) -> str:
-    lines = ["| server | conns | messages | msg/s | p50 ACK ms | p99 ACK ms |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| server | conns | messages | msg/s | p50 ACK ms | p99 ACK ms | server CPU µs/msg |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r.server} | {r.connections} | {r.messages} | {r.rate:,.0f} | "
-                     f"{r.pct(0.50):.2f} | {r.pct(0.99):.2f} |")
+                     f"{r.pct(0.50):.2f} | {r.pct(0.99):.2f} | {r.cpu_us:,.0f} |")
     return "\n".join(lines)
 
 
@@ -296,14 +349,24 @@ def main() -> None:
     ap.add_argument("--connections", type=int, nargs="+", default=[1, 8], help="[1 8]")
     ap.add_argument("--store-url", help="also run Parcours on this store (PostgreSQL URL)")
     ap.add_argument("--servers", nargs="+", default=["bare", "hl7", "parcours"],
-                    choices=["bare", "hl7", "parcours"])
-    ap.add_argument("--serve", choices=["bare", "hl7"], help=argparse.SUPPRESS)
+                    choices=["bare", "hl7", "listener", "decide", "parcours"],
+                    help="[bare hl7 parcours]")
+    ap.add_argument("--sqlite-normal", action="store_true",
+                    help="also run Parcours on SQLite with synchronous=NORMAL (no fsync per "
+                         "commit; loses the last commits on power loss): shows what the fsync "
+                         "costs")
+    ap.add_argument("--serve", choices=SERVED_HERE, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        with_server = serve_bare if args.serve == "bare" else serve_python_hl7
+        serve = {
+            "bare": lambda: serve_bare(args.port),
+            "hl7": lambda: serve_python_hl7(args.port),
+            "listener": lambda: serve_listener(args.port, decide=False),
+            "decide": lambda: serve_listener(args.port, decide=True),
+        }[args.serve]
         try:
-            asyncio.run(with_server(args.port))
+            asyncio.run(serve())
         except KeyboardInterrupt:
             pass
         return
@@ -312,6 +375,8 @@ def main() -> None:
     print(f"# {machine()}; {date.today().isoformat()}", file=sys.stderr)
     print(f"# ORU^R01 with {len(OBX)} OBX, {len(oru('X'))} bytes", file=sys.stderr)
     servers = [Server(k) for k in args.servers]
+    if args.sqlite_normal and "parcours" in args.servers:
+        servers.append(Server("parcours", synchronous="NORMAL"))
     if args.store_url and "parcours" in args.servers:
         servers.append(Server("parcours", args.store_url))
     run_id = f"{int(time.time()) % 100000}"
@@ -321,14 +386,15 @@ def main() -> None:
             for c in args.connections:
                 r = run(server, c, args.messages, run_id)
                 print(f"  {r.server:<40} {c:>2} conn: {r.rate:8,.0f} msg/s  "
-                      f"p50 {r.pct(0.5):6.2f} ms  p99 {r.pct(0.99):6.2f} ms", file=sys.stderr)
+                      f"p50 {r.pct(0.5):6.2f} ms  p99 {r.pct(0.99):6.2f} ms  "
+                      f"CPU {r.cpu_us:5.0f} µs/msg", file=sys.stderr)
                 results.append(r)
     print(table(results))
     base = {r.connections: r for r in results if r.server.startswith("(a)")}
     for r in results:
-        if r.server.startswith("(c)") and r.connections in base:
+        if r.server.startswith("(c") and r.connections in base:
             ratio = r.rate / base[r.connections].rate
-            goal = "  (goal ≥ 40 %)" if r.connections == 8 else ""
+            goal = "  (goal ≥ 40 %)" if r.connections == 8 and r.server.startswith("(c)") else ""
             print(f"\n{r.server} / (a) with {r.connections} connection(s): {ratio:.0%}{goal}")
 
 
