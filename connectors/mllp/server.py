@@ -7,14 +7,15 @@ answer) is the ``handler`` it is given.
 Handler contract, and why it looks like this
 --------------------------------------------
 ``handler(payload, peer)`` is called *synchronously*, in frame order, as soon as a frame is
-complete. It returns an awaitable; a per-connection writer awaits those awaitables *in
-order* and writes each non-None reply as a frame. The HL7 MLLP transport spec (HL7 v2.5.1
-Appendix C / MLLP Release 2) requires the acknowledgements on a connection to come back in
-the order the messages were sent, which the ordered await guarantees whatever the handler
-does. The synchronous call lets the engine start work for frame N+1 (e.g. queue it for a
-batched commit) before frame N is acknowledged: a handler that returns a Future or Task gets
-pipelining; a handler written as ``async def`` returns a coroutine that only runs when the
-writer reaches it, i.e. one message at a time, which is the safe default.
+complete. It returns an awaitable; the connection writes each non-None reply as a frame
+*in order*, as soon as the awaitable at the head of its queue is done. The HL7 MLLP
+transport spec (HL7 v2.5.1 Appendix C / MLLP Release 2) requires the acknowledgements on a
+connection to come back in the order the messages were sent, which that queue guarantees
+whatever the handler does. The synchronous call lets the engine start work for frame N+1
+(e.g. queue it for a batched commit) before frame N is acknowledged: a handler that returns
+a Future or Task gets pipelining; a handler written as ``async def`` returns a coroutine that
+is only started when it reaches the head of the queue, i.e. one message at a time, which is
+the safe default.
 
 ``None`` as a reply sends nothing (HL7 accept-acknowledgment type NE).
 """
@@ -227,9 +228,10 @@ class _Connection(asyncio.Protocol):
 
     A protocol rather than a stream reader plus reader and writer tasks: on the intake path
     every frame used to cost a read await, a semaphore, a queue hand-off, a shielded await
-    and a drain, ~100 µs of event-loop time per message with 8 busy connections
-    (docs/benchmarks.md). Here a frame is dispatched from ``data_received`` and its reply is
-    written from the done-callback of the awaitable the handler returned; the deque
+    and a drain: ~55 µs more event-loop CPU per message with 8 busy connections
+    (docs/architecture.md, docs/benchmarks.md). Here a frame is dispatched from
+    ``data_received`` and its reply is written from the done-callback of the awaitable the
+    handler returned; the deque
     ``_owed`` keeps replies in frame order (HL7 v2.5.1 Appendix C: ACKs come back in the
     order the messages were sent).
     """
