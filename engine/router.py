@@ -34,6 +34,14 @@ log = logging.getLogger("parcours.router")
 
 ROUTER_LOCK_ID = 0x5041_5243  # "PARC": advisory lock electing the one routing process
 
+# What routing reads of a message (exchange_from_row, application ACK requests): not the
+# stored ACK, sizes or errors. Each column a row carries costs SQLAlchemy result processing.
+_ROUTING_COLUMNS = [messages.c[name] for name in (
+    "id", "channel", "raw", "charset", "received_at", "remote", "message_type",
+    "trigger_event", "control_id", "sending_application", "sending_facility", "patient_key",
+    "application_ack_type",
+)]
+
 
 def partition_of(patient_key: str | None, message_id: int, partitions: int) -> int:
     """Stable across processes and restarts (crc32, not Python's salted hash)."""
@@ -241,7 +249,7 @@ class Router:
         app_acks: list[dict[str, Any]] = []
         with self.store.engine.begin() as conn:
             rows = [dict(r) for r in conn.execute(
-                select(messages).where(messages.c.status == MessageStatus.ACCEPTED)
+                select(*_ROUTING_COLUMNS).where(messages.c.status == MessageStatus.ACCEPTED)
                 .order_by(messages.c.id).limit(limit)
             ).mappings()]
             if not rows:
