@@ -13,6 +13,7 @@ import trustme
 from cryptography import x509
 
 from connectors.mllp import (
+    Frame,
     FrameDecoder,
     MLLPClient,
     MLLPConnectionError,
@@ -207,6 +208,32 @@ async def test_mtls_allowed_by_common_name(pki: Pki) -> None:
             assert await client.send(b"MSH|lab-a") == b"ACK|MSH|lab-a"
         assert recorder.peers[0].tls_subject == subject_of(cert)
         assert server.stats.tls_rejected == 0
+    finally:
+        await server.close()
+
+
+async def test_mtls_frames_sent_with_the_handshake_are_kept_in_order(pki: Pki) -> None:
+    """A sender that writes its frames the moment the handshake completes: the first ones
+    can arrive before the certificate subject is checked; they wait for it, none is lost."""
+    recorder = Recorder()
+    server = await start(pki, recorder, mtls=True, allowed_subjects=["lab-a"])
+    try:
+        cert, key = pki.client_cert("lab-a")
+        ctx = client_ssl_context(pki.cafile, cert, key)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", server.port, ssl=ctx, server_hostname="localhost"
+        )
+        payloads = [b"MSH|%d" % i for i in range(50)]
+        writer.write(b"".join(frame(p) for p in payloads))
+        decoder, replies = FrameDecoder(), []
+        async with asyncio.timeout(10):
+            while len(replies) < len(payloads):
+                data = await reader.read(65536)
+                assert data, "server closed the connection"
+                replies += [e.payload for e in decoder.feed(data) if isinstance(e, Frame)]
+        assert replies == [b"ACK|" + p for p in payloads]
+        assert {p.tls_subject for p in recorder.peers} == {subject_of(cert)}
+        writer.close()
     finally:
         await server.close()
 
