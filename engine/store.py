@@ -475,9 +475,7 @@ _SQLITE_INSERT = (f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) "
                   f"VALUES ({', '.join('?' for _ in _MESSAGE_COLUMNS)})")
 _PG_INSERT = (f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) "
               f"VALUES ({', '.join('%s' for _ in _MESSAGE_COLUMNS)}) RETURNING id")
-_PG_RAW_INSERT = (f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) VALUES "
-                  f"({', '.join(f'${i + 1}' for i in range(len(_MESSAGE_COLUMNS)))}) RETURNING id")
-# SQLite allows 32,766 bound parameters per statement (3.32+); 26 columns x 500 rows stays
+# SQLite allows 32,766 bound parameters per statement (3.32+); 27 columns x 500 rows stays
 # well inside, and PostgreSQL's limit (65,535) too.
 _ROWS_PER_INSERT = 500
 
@@ -509,11 +507,15 @@ def _marks(n: int, sqlite: bool, start: int = 1) -> str:
 
 def _pg_raw_cursor(connection: Any) -> Any:
     """psycopg rewrites '%s' queries into '$n' ones in Python, and caches the result only for
-    statements of at most 50 parameters (psycopg/_queries.py): a 4-row insert of 24 columns
+    statements of at most 50 parameters (psycopg/_queries.py): a 4-row insert of 27 columns
     was re-parsed on every batch, ~0.4 ms of GIL-held time. A RawCursor takes '$n' as is."""
     import psycopg
 
     return psycopg.RawCursor(connection)
+
+
+_PG_RAW_INSERT = (f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) "
+                  f"VALUES ({_marks(len(_MESSAGE_COLUMNS), False)}) RETURNING id")
 
 
 def _params(row: dict[str, Any], sqlite: bool) -> tuple[Any, ...]:

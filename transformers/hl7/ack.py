@@ -101,16 +101,14 @@ def _err_segment(err: AckError, enc: Encoding, version: str) -> str:
 
 def ack_timestamp(now: datetime | None = None) -> str:
     """MSH-7 of an ACK (HL7 v2.5.1 DTM, to the second, with the UTC offset)."""
+    global _last_stamp
     if now is not None:
         return now.strftime("%Y%m%d%H%M%S%z")
     second = int(time.time())
-    cached = _last_stamp
-    if cached[0] != second:
+    if _last_stamp[0] != second:
         # strftime is ~4 µs, a tenth of the whole ACK: one per second is enough.
-        stamp = datetime.fromtimestamp(second, UTC).strftime("%Y%m%d%H%M%S%z")
-        cached = (second, stamp)
-        globals()["_last_stamp"] = cached
-    return cached[1]
+        _last_stamp = (second, datetime.fromtimestamp(second, UTC).strftime("%Y%m%d%H%M%S%z"))
+    return _last_stamp[1]
 
 
 _last_stamp: tuple[int, str] = (-1, "")
