@@ -20,7 +20,14 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 
-from channels.outbound.base import Destination, OutboundItem, Outcome
+from channels.outbound.base import (
+    BatchDestination,
+    Destination,
+    OutboundItem,
+    Outcome,
+    order_key,
+    send_in_order,
+)
 
 from .group_commit import Batcher
 from .models import DeliveryStatus, MessageStatus, deliveries, delivery_attempts, messages
@@ -28,7 +35,7 @@ from .store import Store
 
 log = logging.getLogger("parcours.delivery")
 
-
+DEFAULT_BATCH_SIZE = 100  # deliveries handed to one destination at once (`batch_size`)
 
 def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
     if a is None:
@@ -63,12 +70,13 @@ class DeliveryStats:
 
 
 class DeliveryRunner:
-    def __init__(self, store: Store, *, batch: int = 200) -> None:
+    def __init__(self, store: Store, *, batch: int = 500) -> None:
         self.store = store
         self.batch = batch
         self.destinations: dict[str, Destination] = {}
         self.policies: dict[str, RetryPolicy] = {}
         self.ordering: dict[str, str] = {}
+        self.batch_sizes: dict[str, int] = {}
         self.stats: dict[str, DeliveryStats] = {}
         self._locks: dict[int, asyncio.Lock] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
@@ -94,6 +102,13 @@ class DeliveryRunner:
         self.destinations = destinations
         self.policies = {n: RetryPolicy.from_config(c.get("retry")) for n, c in configs.items()}
         self.ordering = {n: c.get("ordering", "patient") for n, c in configs.items()}
+        # A destination that sends one item at a time (mllp, http, amqp today) gets one at a
+        # time unless routes.yaml says otherwise: each outcome is then recorded before the next
+        # send, and a killed process re-sends at most that one.
+        self.batch_sizes = {
+            n: int(c.get("batch_size") or (DEFAULT_BATCH_SIZE if isinstance(
+                destinations.get(n), BatchDestination) else 1))
+            for n, c in configs.items()}
 
     def stats_for(self, destination: str) -> DeliveryStats:
         return self.stats.setdefault(destination, DeliveryStats())
@@ -122,7 +137,8 @@ class DeliveryRunner:
 
     async def _pass(self, partition: int) -> tuple[bool, datetime | None]:
         """One walk through the partition's waiting deliveries, page by page, so rows held
-        behind a blocked (destination, patient) never hide the rows after them."""
+        behind a blocked (destination, patient) never hide the rows after them. Each page's
+        due rows go to their destinations as batches, the destinations side by side."""
         now = datetime.now(UTC)
         blocked: set[tuple[str, str]] = set()
         progressed = False
@@ -130,9 +146,10 @@ class DeliveryRunner:
         after = (0, 0)
         while True:
             rows = await asyncio.to_thread(self._pending, partition, after)
+            groups: dict[str, list[dict[str, Any]]] = {}
             for row in rows:
                 dest_name = row["destination"]
-                key = (dest_name, row["patient_key"] or f"message:{row['message_id']}")
+                key = (dest_name, _order_key(row))
                 ordered = self.ordering.get(dest_name, "patient") == "patient"
                 if ordered and key in blocked:
                     continue
@@ -142,64 +159,99 @@ class DeliveryRunner:
                     if ordered:
                         blocked.add(key)
                     continue
-                task = asyncio.ensure_future(self._deliver_one(row))
+                groups.setdefault(dest_name, []).append(row)
+            if groups:
+                task = asyncio.ensure_future(self._deliver_groups(groups, blocked))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
                 try:
-                    outcome, new_due = await asyncio.shield(task)
+                    results = await asyncio.shield(task)
                 except asyncio.CancelledError:
                     # The pass is being taken away (bus connection lost, shutdown): finish
-                    # the delivery in flight and record it before letting go, or the next
-                    # owner of the partition would send it again.
+                    # the batches in flight and record them before letting go, or the next
+                    # owner of the partition would send them again.
                     await asyncio.wait([task])
                     raise
-                progressed = True
-                if outcome.kind != "delivered" and ordered:
-                    blocked.add(key)
-                next_due = _earliest(next_due, new_due)
+                for _outcome, new_due in results:
+                    progressed = True
+                    next_due = _earliest(next_due, new_due)
             if len(rows) < self.batch:
                 break
             after = (rows[-1]["message_id"], rows[-1]["id"])
         return progressed, next_due
 
-    async def _deliver_one(self, row: dict[str, Any]) -> tuple[Outcome, datetime | None]:
-        """Try one delivery and record its outcome before the next is tried: a killed process
-        re-sends at most the delivery it was in the middle of."""
-        destination = self.destinations.get(row["destination"])
-        if destination is None:
-            outcome = Outcome.retry(f"destination {row['destination']!r} is not configured "
-                                    "(removed from routes.yaml?)")
-        else:
-            outcome = await self._attempt(destination, row)
-        if not self._recorder_started:
-            self._recorder_started = True
-            self._recorder.start()
-        due = await self._recorder.submit((row, outcome))
-        return outcome, due
+    async def _deliver_groups(self, groups: dict[str, list[dict[str, Any]]],
+                              blocked: set[tuple[str, str]]
+                              ) -> list[tuple[Outcome, datetime | None]]:
+        """Every destination's rows at once; within a destination, batches in order. The
+        destinations that read what the timeline made of a message (`after_timeline`) go once
+        the others are done."""
+        waves: tuple[list[str], list[str]] = ([], [])
+        for name in groups:
+            waves[bool(getattr(self.destinations.get(name), "after_timeline", False))].append(
+                name)
+        out: list[tuple[Outcome, datetime | None]] = []
+        for names in waves:
+            done = await asyncio.gather(*(self._deliver_group(n, groups[n], blocked)
+                                          for n in names))
+            out += [r for results in done for r in results]
+        return out
 
-    async def _attempt(self, destination: Destination, row: dict[str, Any]) -> Outcome:
-        item = OutboundItem(
-            delivery_id=row["id"], message_id=row["message_id"], route=row["route"],
-            destination=row["destination"], payload=row["payload"],
-            content_type=row["content_type"], patient_key=row["patient_key"],
-            attempt=row["attempts"] + 1,
-            idempotency_key=f"{row['message_id']}:{row['route']}:{row['destination']}:"
-                            f"{row['generation']}",
-            headers={"channel": row.get("channel"), "message_type": row.get("message_type"),
-                     "trigger_event": row.get("trigger_event"),
-                     "control_id": row.get("control_id"), "generation": row["generation"],
-                     "received_date": _date(row.get("received_at"))},
-        )
+    async def _deliver_group(self, dest_name: str, rows: list[dict[str, Any]],
+                             blocked: set[tuple[str, str]]
+                             ) -> list[tuple[Outcome, datetime | None]]:
+        """Hand the destination its due rows `batch_size` at a time and record each batch's
+        outcomes before the next batch is sent: a killed process re-sends at most the batch
+        it was in the middle of (per destination and partition)."""
+        ordered = self.ordering.get(dest_name, "patient") == "patient"
+        size = self.batch_sizes.get(dest_name, DEFAULT_BATCH_SIZE)
+        results: list[tuple[Outcome, datetime | None]] = []
+        for start in range(0, len(rows), size):
+            chunk = [r for r in rows[start:start + size]
+                     if not (ordered and (dest_name, _order_key(r)) in blocked)]
+            if not chunk:
+                continue
+            outcomes = await self._attempt_batch(dest_name, chunk)
+            tried = [(row, o) for row, o in zip(chunk, outcomes, strict=True) if o is not None]
+            if not tried:
+                continue
+            if not self._recorder_started:
+                self._recorder_started = True
+                self._recorder.start()
+            dues = await asyncio.gather(*(self._recorder.submit(t) for t in tried))
+            for (row, outcome), due in zip(tried, dues, strict=True):
+                if outcome.kind != "delivered" and ordered:
+                    blocked.add((dest_name, _order_key(row)))
+                results.append((outcome, due))
+            for row, o in zip(chunk, outcomes, strict=True):
+                if o is None and ordered:  # not attempted: it waits behind its patient
+                    blocked.add((dest_name, _order_key(row)))
+        return results
+
+    async def _attempt_batch(self, dest_name: str, rows: list[dict[str, Any]]
+                             ) -> list[Outcome | None]:
+        destination = self.destinations.get(dest_name)
+        items = [_item(row) for row in rows]
+        if destination is None:
+            return _first_per_key(items, Outcome.retry(
+                f"destination {dest_name!r} is not configured (removed from routes.yaml?)"))
         started = time.perf_counter()
         try:
-            outcome = await destination.send(item)
+            if isinstance(destination, BatchDestination):
+                outcomes = await destination.send_batch(items)
+            else:
+                outcomes = await send_in_order(destination, items)
         except Exception as exc:  # a destination bug must not stop the partition
-            log.exception("destination raised", extra={"delivery_id": row["id"]})
+            log.exception("destination raised", extra={"delivery_id": rows[0]["id"]})
             outcome = Outcome.retry(f"destination error: {type(exc).__name__}: {exc}")
-        row["_duration_ms"] = (time.perf_counter() - started) * 1000
-        if self.on_outcome:
-            self.on_outcome(row["destination"], outcome.kind, time.perf_counter() - started)
-        return outcome
+            outcomes = _first_per_key(items, outcome)
+        seconds = time.perf_counter() - started
+        tried = sum(1 for o in outcomes if o is not None) or 1
+        for row, o in zip(rows, outcomes, strict=True):
+            row["_duration_ms"] = seconds * 1000 / tried
+            if o is not None and self.on_outcome:
+                self.on_outcome(dest_name, o.kind, seconds / tried)
+        return outcomes
 
     # -- store ----------------------------------------------------------------------------
 
@@ -221,10 +273,11 @@ class DeliveryRunner:
     def _record_each(self, done: list[tuple[dict[str, Any], Outcome]]
                      ) -> list[datetime | None | Exception]:
         """Record the outcomes the partitions handed in meanwhile, in one transaction (the
-        recorder's thread). A partition never hands in its next outcome before this one is
-        committed, so a SIGKILL still re-sends at most one delivery a partition — batching 32
-        outcomes of one partition had raised that to 32 (tests/routing/test_rabbitmq.py counts
-        them). If the batch fails, each outcome is recorded alone so one bad row fails alone."""
+        recorder's thread). A destination's next batch is not sent before the outcomes of its
+        previous one are committed, so a SIGKILL re-sends at most the batch in flight per
+        destination and partition (`batch_size`), each with its idempotency key
+        (tests/routing/test_rabbitmq.py counts them). If the transaction fails, each outcome
+        is recorded alone so one bad row fails alone."""
         try:
             return list(self._record_batch(done))
         except Exception:
@@ -345,6 +398,36 @@ def _settle_messages(conn: Any, message_ids: list[int]) -> None:
     for ids, status in ((done, MessageStatus.DONE), (failed, MessageStatus.FAILED)):
         if ids:
             conn.execute(update(messages).where(messages.c.id.in_(ids)).values(status=status))
+
+
+def _order_key(row: dict[str, Any]) -> str:
+    return row["patient_key"] or f"message:{row['message_id']}"
+
+
+def _item(row: dict[str, Any]) -> OutboundItem:
+    return OutboundItem(
+        delivery_id=row["id"], message_id=row["message_id"], route=row["route"],
+        destination=row["destination"], payload=row["payload"],
+        content_type=row["content_type"], patient_key=row["patient_key"],
+        attempt=row["attempts"] + 1,
+        idempotency_key=f"{row['message_id']}:{row['route']}:{row['destination']}:"
+                        f"{row['generation']}",
+        headers={"channel": row.get("channel"), "message_type": row.get("message_type"),
+                 "trigger_event": row.get("trigger_event"),
+                 "control_id": row.get("control_id"), "generation": row["generation"],
+                 "received_date": _date(row.get("received_at"))},
+    )
+
+
+def _first_per_key(items: list[OutboundItem], outcome: Outcome) -> list[Outcome | None]:
+    """The same outcome for the first item of each patient; the later ones wait."""
+    seen: set[str] = set()
+    out: list[Outcome | None] = []
+    for item in items:
+        key = order_key(item)
+        out.append(None if key in seen else outcome)
+        seen.add(key)
+    return out
 
 
 def _aware(ts: datetime) -> datetime:

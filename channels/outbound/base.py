@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 Kind = Literal["delivered", "retry", "dead"]
 
@@ -57,3 +58,39 @@ class Destination(Protocol):
     async def send(self, item: OutboundItem) -> Outcome: ...
 
     async def close(self) -> None: ...
+
+
+def order_key(item: OutboundItem) -> str:
+    """What per-patient order is kept on: the patient, or the message alone when it has none."""
+    return item.patient_key or f"message:{item.message_id}"
+
+
+@runtime_checkable
+class BatchDestination(Protocol):
+    """A destination that takes many deliveries at once (one transaction, one round of
+    fsyncs, a window of confirms).
+
+    Contract, the same for every implementation: items come in the partition's order; the
+    outcome list has one entry per item; once an item of a patient (`order_key`) is not
+    delivered, the later items of that patient in the batch are not attempted and get `None`,
+    so they wait behind it and per-patient order holds.
+    """
+
+    async def send_batch(self, items: Sequence[OutboundItem]) -> list[Outcome | None]: ...
+
+
+async def send_in_order(destination: Destination, items: Sequence[OutboundItem]
+                        ) -> list[Outcome | None]:
+    """The batch contract for a destination that sends one item at a time."""
+    stopped: set[str] = set()
+    out: list[Outcome | None] = []
+    for item in items:
+        key = order_key(item)
+        if key in stopped:
+            out.append(None)
+            continue
+        outcome = await destination.send(item)
+        if outcome.kind != "delivered":
+            stopped.add(key)
+        out.append(outcome)
+    return out

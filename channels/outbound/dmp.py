@@ -117,6 +117,10 @@ def feed_numbered(content_type: str) -> bool:
 
 class DMPDestination:
     type = "dmp"
+    # The consent check reads the patient the timeline resolved for this very message (a lab
+    # result may carry only the lab's identifier until the timeline links it to the person
+    # who opposed): the runner sends a message to the DMP only after its timeline delivery.
+    after_timeline = True
 
     def __init__(self, name: str, cfg: dict[str, Any],
                  consent_check: ConsentCheck | None = None,

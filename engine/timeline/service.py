@@ -75,6 +75,27 @@ class Timeline:
         with self.db.begin() as conn:
             return self.applier.apply(conn, envelope)
 
+    def apply_many(self, envelopes: list[tuple[str, dict[str, Any]]]
+                   ) -> list[dict[str, int] | Exception | None]:
+        """Apply (order key, envelope) pairs in order in one transaction (one commit, one
+        hold of SQLite's write lock), each inside its own savepoint: an envelope that fails is
+        rolled back alone and reported as its exception, the later envelopes of the same key
+        are not applied (None: they wait behind it), the others commit together."""
+        out: list[dict[str, int] | Exception | None] = []
+        stopped: set[str] = set()
+        with self.db.begin() as conn:
+            for key, env in envelopes:
+                if key in stopped:
+                    out.append(None)
+                    continue
+                try:
+                    with conn.begin_nested():
+                        out.append(self.applier.apply(conn, env))
+                except Exception as exc:  # reported per envelope; the batch goes on
+                    out.append(exc)
+                    stopped.add(key)
+        return out
+
     # -- access ---------------------------------------------------------------------------
 
     def _check(self, conn: Connection, who: Principal, patient_id: int) -> None:
