@@ -55,7 +55,7 @@ def cmd_routes_test(args: argparse.Namespace, settings: Settings) -> int:
         h = ex.headers
         print(f"message {i}: {h['message_code'] or '?'} control id {h['control_id'] or '?'} "
               f"from {h['sending_application']}/{h['sending_facility']} on channel {args.channel}")
-        for res in router.evaluate(ex):
+        for res in router.evaluate(ex, run_disabled=True):
             if not res.matched:
                 print(f"  route {res.route}: no — {res.reason}")
                 continue

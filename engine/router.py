@@ -182,13 +182,23 @@ class Router:
 
     # -- pure evaluation ------------------------------------------------------------------
 
-    def evaluate(self, ex: Exchange) -> list[RouteResult]:
-        config, routes = self.config, self.routes
+    def evaluate(self, ex: Exchange, *, run_disabled: bool = False) -> list[RouteResult]:
+        """Routing skips the transformers of a route whose destinations are all disabled;
+        a dry run (`run_disabled`) runs them, so an operator sees what they would receive."""
+        config, routes, disabled = self.config, self.routes, self.disabled
         results: list[RouteResult] = []
         for route in routes:
             reason = route.why_not(ex)
             if reason is not None:
                 results.append(RouteResult(route.cfg.name, False, reason))
+                continue
+            if not run_disabled and route.cfg.to and set(route.cfg.to) <= disabled:
+                # Matched, but nothing would be queued: the transformers (CR-BIO building)
+                # are not run for nothing.
+                results.append(RouteResult(route.cfg.name, True, "every destination of the "
+                                           "route is disabled (enabled: false)"))
+                if config.evaluation == "first" or route.cfg.stop:
+                    break
                 continue
             result = RouteResult(route.cfg.name, True)
             current: Exchange | None = ex.copy()

@@ -55,7 +55,7 @@ def dry_run(router: Router, sample: str, channel: str) -> DryRun:
         h = ex.headers
         dm = DryMessage(i, h["message_code"] or "?", h["control_id"] or "?",
                         f"{h['sending_application']}/{h['sending_facility']}")
-        for res in router.evaluate(ex):
+        for res in router.evaluate(ex, run_disabled=True):
             payloads = []
             for p in res.payloads:
                 body = p.payload.decode("utf-8", "replace").replace("\r\n", "\n")

@@ -161,3 +161,37 @@ routes:
     res = r.evaluate(exchange_from_bytes(adt))
     assert [x.matched for x in res] == [True, True]
     assert res[1].payloads[0].payload.startswith(b"MSH")
+
+
+def test_transformers_of_a_route_to_disabled_destinations_do_not_run() -> None:
+    """Routing skips them (nothing would be queued); a dry run still shows their output."""
+    calls: list[int] = []
+
+    def counted(ex: Exchange) -> Exchange:
+        calls.append(ex.message_id)
+        return ex
+
+    reg = Registry()
+    reg.register("counted", counted)
+    text = """\
+version: 1
+channels:
+  main: {type: mllp, port: 2575}
+destinations:
+  off: {type: discard, enabled: false}
+  on: {type: discard}
+routes:
+  - {name: to-off, transform: [counted], to: [off]}
+  - {name: to-both, transform: [counted], to: [off, on]}
+"""
+    cfg = load_text(text, env={}, known_transformers=lambda n: None)
+    r = Router(None, cfg, reg.resolve, 8)  # type: ignore[arg-type]
+    adt = exchange_from_bytes((corpus("hl7v2", "ans", "SGL") / "admission.er7").read_bytes())
+    res = {x.route: x for x in r.evaluate(adt)}
+    assert len(calls) == 1  # to-both only
+    assert res["to-off"].matched and res["to-off"].payloads == []
+    assert "disabled" in res["to-off"].reason
+    assert [p.destination for p in res["to-both"].payloads] == ["off", "on"]
+    dry = {x.route: x for x in r.evaluate(adt, run_disabled=True)}
+    assert len(calls) == 3
+    assert [p.destination for p in dry["to-off"].payloads] == ["off"]
