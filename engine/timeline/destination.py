@@ -56,6 +56,10 @@ class TimelineDestination:
             return Outcome.dead(f"events envelope rejected: {type(exc).__name__}: {exc}")
         log.info("timeline events applied", extra={"message_id": item.message_id,
                                                     "delivery_id": item.delivery_id, **counts})
+        held = counts.get("held")
+        if held:  # identity vigilance: kept in a conflict for an operator (docs/timeline.md)
+            return Outcome.delivered(f"held {held} for an identity conflict, "
+                                     f"skipped {counts['skipped']}")
         return Outcome.delivered(f"applied {counts['applied']}, skipped {counts['skipped']}")
 
     async def close(self) -> None:
