@@ -260,9 +260,11 @@ class Applier:
                 patient_id=patient_id, stay_id=stay_id, key=ev["key"][:512],
                 trigger=ev["trigger"], status=status, data=_dumps(data),
                 message_id=message_id, last_message_id=message_id, **fields))
-        elif action == "update":
+        elif action == "update":  # `""` (HL7 v2.5.1 §2.5.3) clears what an earlier one set
+            cleared = {k: None for k in ev.get("cleared") or () if k in fields}
             conn.execute(update(movements).where(movements.c.id == row["id"]).values(
-                **{k: v for k, v in fields.items() if v is not None}, data=_dumps(data),
+                **{k: v for k, v in fields.items() if v is not None}, **cleared,
+                data=_dumps(data),
                 last_message_id=message_id, patient_id=patient_id))
         else:  # insert of a movement already known (an update or a cancel came first)
             conn.execute(update(movements).where(movements.c.id == row["id"]).values(
