@@ -291,7 +291,7 @@ audit_log = Table(
 applied_events = Table(
     "applied_events", metadata,
     Column("message_id", BigInteger, primary_key=True),
-    Column("event_type", String(16), primary_key=True),
+    Column("event_type", String(32), primary_key=True),  # change_identifier is 17
     Column("event_key", String(512), primary_key=True),
     Column("applied_at", TS, nullable=False),
 )

@@ -4,6 +4,8 @@
   so `document_id` alone is no longer unique. Existing rows get the custodian their timeline
   event recorded, and their event key the new form.
 - `timeline_conflicts`: identity and document conflicts held for an operator.
+- `applied_events.event_type` widened: `change_identifier` (A47) did not fit, so PostgreSQL
+  refused every A47.
 
 Revision ID: 0007_identity
 Revises: 0005_dmp_feed
@@ -40,6 +42,9 @@ def upgrade() -> None:
             batch.drop_constraint("uq_documents_document_id", type_="unique")
             batch.add_column(sa.Column("source", sa.String(255), nullable=False,
                                        server_default=""))
+    with op.batch_alter_table("applied_events") as batch:
+        batch.alter_column("event_type", type_=sa.String(32), existing_type=sa.String(16),
+                           existing_nullable=False)
     op.create_index("ix_documents_source_document", "documents", ["source", "document_id"])
     rows = bind.execute(sa.text(
         "SELECT d.id, d.document_id, d.patient_id, e.id AS event_id, e.data FROM documents d "
