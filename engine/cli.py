@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         from . import cli_mappings
 
         code = cli_mappings.run(args, _settings(args))
-    elif args.command in ("users", "care-circle", "audit"):
+    elif args.command in ("users", "care-circle", "audit", "conflicts"):
         from .timeline import cli as timeline_cli
 
         code = timeline_cli.run(args, _settings(args))

@@ -12,9 +12,10 @@ import asyncio
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 
+from . import audit
 from .auth import Principal
 from .service import Denied, Timeline
 
@@ -113,5 +114,47 @@ def build_router(timeline: Timeline) -> APIRouter:
             raise HTTPException(404, "no such document")
         content, ctype = found
         return Response(content, media_type=ctype)
+
+    @router.get("/conflicts")
+    async def list_conflicts(
+        request: Request,
+        status: Annotated[str, Query(pattern="^(open|resolved|all)$")] = "open",
+        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+        who: Principal = auth_dep,
+    ) -> dict[str, Any]:
+        """Identity and document conflicts held for an operator, with their evidence (both
+        INS, both demographics, the message ids). Roles operator and admin; audited."""
+        try:
+            rows = await asyncio.to_thread(timeline.list_conflicts, who, remote_of(request),
+                                           None if status == "all" else status, limit)
+        except Denied:
+            raise HTTPException(403, "conflicts are for operators and admins") from None
+        return {"conflicts": rows}
+
+    @router.post("/conflicts/{conflict_id}/resolve")
+    async def resolve_conflict(request: Request, conflict_id: int,
+                               body: Annotated[dict[str, Any], Body()],
+                               who: Principal = auth_dep) -> dict[str, Any]:
+        """`{"action": "apply" | "dismiss", "patient_id": N, "note": "…"}`: apply a held
+        conflict's events to a patient (default: the record its local id names), identity
+        untouched, or dismiss it (its events stay held); either way it is resolved."""
+        if who.role not in ("admin", "operator"):
+            raise HTTPException(403, "conflicts are for operators and admins")
+        action = body.get("action")
+        target = body.get("patient_id")
+        if target is not None and not isinstance(target, int):
+            raise HTTPException(422, "patient_id must be an integer")
+        try:
+            out = await asyncio.to_thread(timeline.resolve_conflict, conflict_id,
+                                          who.username, str(action), target,
+                                          body.get("note"))
+        except ValueError as exc:
+            code = 409 if "already" in str(exc) else 404 if "no conflict" in str(exc) else 422
+            raise HTTPException(code, str(exc)) from None
+        ids = [p for p in (out["patient_id"], target) if p is not None]
+        await asyncio.to_thread(audit.record, timeline.db, who, "conflict_resolve",
+                                patient_ids=ids or None, remote=remote_of(request),
+                                detail={"conflict": conflict_id, "action": action})
+        return out
 
     return router

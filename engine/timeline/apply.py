@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import and_, insert, or_, select, text, update
 from sqlalchemy.engine import Connection
 
-from . import identity
+from . import conflicts, identity
 from .models import (
     applied_events,
     appointments,
@@ -92,13 +92,45 @@ class Applier:
         for ev in todo:  # A47 renames before the patient is looked up by its new id
             if ev["type"] == "change_identifier":
                 identity.change_identifier(conn, block, ev["absorbed"], message_id)
+        found = identity.vigilance(conn, block, message_id)
+        if found:  # identity vigilance: held for an operator, applied to nobody meanwhile
+            self._hold(conn, env, todo, found, message_id)
+            return {"applied": 0, "held": len(todo), "skipped": len(events) - len(todo)}
         patient_id = identity.resolve(conn, block, message_id)
+        self._run(conn, patient_id, todo, message_id, received)
+        return {"applied": len(todo), "skipped": len(events) - len(todo)}
+
+    def _run(self, conn: Connection, patient_id: int, todo: list[dict[str, Any]],
+             message_id: int, received: datetime) -> None:
         for ev in todo:
             handler = getattr(self, f"_{ev['type']}", None)
             if handler is None:
                 raise ValueError(f"unknown event type {ev['type']!r}")
             handler(conn, patient_id, ev, message_id, received)
-        return {"applied": len(todo), "skipped": len(events) - len(todo)}
+
+    @staticmethod
+    def _hold(conn: Connection, env: dict[str, Any], todo: list[dict[str, Any]],
+              found: list[dict[str, Any]], message_id: int) -> None:
+        """One held conflict per message, with every contradiction found as evidence; the
+        events wait in it (the applied_events rows are written: a redelivery holds nothing
+        twice)."""
+        first = found[0]
+        evidence = {**first["evidence"], "kinds": [c["kind"] for c in found]}
+        conflicts.record(conn, first["kind"], message_id=message_id, evidence=evidence,
+                         fingerprint=f"message:{message_id}", patient_id=first["patient_id"],
+                         other_message_id=first["other_message_id"],
+                         envelope={**env, "events": todo})
+
+    def apply_held(self, conn: Connection, env: dict[str, Any], patient_id: int) -> int:
+        """An operator's decision on a held conflict: its events go to `patient_id`, and the
+        identity (identifiers, traits, merges) is left as it is — the operator decided whose
+        events they are, not whose identity the message describes."""
+        message_id = int(env["message_id"])
+        received = ts((env.get("source") or {}).get("received_at")) or datetime.now(UTC)
+        todo = [e for e in env.get("events") or []
+                if e["type"] not in ("merge", "change_identifier", "demographics")]
+        self._run(conn, identity.survivor(conn, patient_id), todo, message_id, received)
+        return len(todo)
 
     @staticmethod
     def _serialise_identities(conn: Connection, block: dict[str, Any],
@@ -228,9 +260,11 @@ class Applier:
                 patient_id=patient_id, stay_id=stay_id, key=ev["key"][:512],
                 trigger=ev["trigger"], status=status, data=_dumps(data),
                 message_id=message_id, last_message_id=message_id, **fields))
-        elif action == "update":
+        elif action == "update":  # `""` (HL7 v2.5.1 §2.5.3) clears what an earlier one set
+            cleared = {k: None for k in ev.get("cleared") or () if k in fields}
             conn.execute(update(movements).where(movements.c.id == row["id"]).values(
-                **{k: v for k, v in fields.items() if v is not None}, data=_dumps(data),
+                **{k: v for k, v in fields.items() if v is not None}, **cleared,
+                data=_dumps(data),
                 last_message_id=message_id, patient_id=patient_id))
         else:  # insert of a movement already known (an update or a cancel came first)
             conn.execute(update(movements).where(movements.c.id == row["id"]).values(
@@ -408,8 +442,16 @@ class Applier:
 
     # -- documents ------------------------------------------------------------------------
 
+    @staticmethod
+    def _doc_source(ev: dict[str, Any]) -> str:
+        """Who issued the document: the custodian (CDA R2 §4.2.2.3, the organisation in
+        charge of it), else the sending facility the transformer put in `source`."""
+        return str(ev.get("source") or (ev.get("header") or {}).get("custodian") or "")[:255]
+
     def _document(self, conn: Connection, patient_id: int, ev: dict[str, Any],
                   message_id: int, received: datetime) -> None:
+        """A document is (source, id, patient): the same id from another source, or for
+        another patient, is another document — it never moves a filed one (issue #15)."""
         head = ev["header"]
         masking = ev.get("masking") or {}
         flags = {"masked_ps": bool(masking.get("MASQUE_PS")),
@@ -417,21 +459,31 @@ class Applier:
                  "invisible_legal": bool(masking.get("INVISIBLE_REPRESENTANTS_LEGAUX"))}
         author = head.get("author") or {}
         doc_id = head["document_id"]
-        existing = conn.execute(select(documents.c.id, documents.c.status).where(
-            documents.c.document_id == doc_id)).first()
+        source = self._doc_source(ev)
+        existing = conn.execute(select(documents.c.id, documents.c.status,
+                                       documents.c.event_id).where(
+            documents.c.source == source, documents.c.document_id == doc_id,
+            documents.c.patient_id == patient_id).order_by(documents.c.id)).first()
+        if existing is None:
+            self._document_elsewhere(conn, patient_id, source, doc_id, ev, message_id)
         if ev["action"] == "delete":
             status = "deleted"
         elif existing is not None and existing.status in ("deleted", "replaced"):
             status = existing.status  # a tombstone from a message that came first
         else:
             status = "active"
+        key = f"{source}|{doc_id}|{patient_id}"
+        if existing is not None and existing.event_id is not None:  # keyed when first filed
+            key = conn.execute(select(timeline_events.c.key).where(
+                timeline_events.c.id == existing.event_id)).scalar() or key
         event_id = self._event_row(
-            conn, patient_id, "document", doc_id, message_id,
+            conn, patient_id, "document", key, message_id,
             status=status, at=ts(head.get("effective_time")),
             title=(head.get("title") or "Document")[:512], code=head.get("type_code"),
             confidentiality=head.get("confidentiality"), author_id=author.get("id") or None,
             data=_dumps({"type_code": head.get("type_code"), "title": head.get("title"),
                          "author": author, "custodian": head.get("custodian"),
+                         "source": source, "document_id": doc_id,
                          "confidentiality": head.get("confidentiality"),
                          "set_id": head.get("set_id"), "version": head.get("version"),
                          "parent_id": head.get("parent_id"), "masking": masking}),
@@ -448,16 +500,52 @@ class Applier:
             "message_id": message_id, **flags,
         }
         if existing is None:
-            conn.execute(insert(documents).values(document_id=doc_id, **values))
+            conn.execute(insert(documents).values(document_id=doc_id, source=source,
+                                                  **values))
         else:
             conn.execute(update(documents).where(documents.c.id == existing.id).values(**values))
         if ev["action"] == "replace" or head.get("relation") == "RPLC":
-            self._supersede(conn, patient_id, head, message_id)
+            self._supersede(conn, patient_id, source, head, message_id)
 
-    def _supersede(self, conn: Connection, patient_id: int, head: dict[str, Any],
-                   message_id: int) -> None:
+    def _document_elsewhere(self, conn: Connection, patient_id: int, source: str,
+                            doc_id: str, ev: dict[str, Any], message_id: int) -> None:
+        """A document first filed here whose id the same source already used for another
+        patient: filed anyway (nothing is lost), and shown to the operator — one of the two
+        was probably sent on the wrong patient. A deletion naming only a document filed
+        elsewhere deletes nothing there."""
+        others = conn.execute(select(documents.c.patient_id, documents.c.source,
+                                     documents.c.message_id).where(
+            documents.c.document_id == doc_id,
+            or_(documents.c.source != source, documents.c.patient_id != patient_id))
+            .order_by(documents.c.id)).all()
+        if ev["action"] == "delete" and others:
+            o = others[0]
+            conflicts.record(
+                conn, "document_delete_other", message_id=message_id, patient_id=patient_id,
+                other_patient_id=o.patient_id, other_message_id=o.message_id,
+                fingerprint=f"{source}|{doc_id}|{patient_id}",
+                evidence={"document_id": doc_id, "source": source,
+                          "filed_for": [{"patient_id": r.patient_id, "source": r.source,
+                                         "message_id": r.message_id} for r in others]})
+            return
+        same_source = [r for r in others if r.source == source]
+        if same_source:
+            o = same_source[0]
+            conflicts.record(
+                conn, "document_id_other_patient", message_id=message_id,
+                patient_id=patient_id, other_patient_id=o.patient_id,
+                other_message_id=o.message_id, fingerprint=f"{source}|{doc_id}|{patient_id}",
+                evidence={"document_id": doc_id, "source": source,
+                          "filed_for": [{"patient_id": r.patient_id, "source": r.source,
+                                         "message_id": r.message_id} for r in same_source]})
+
+    def _supersede(self, conn: Connection, patient_id: int, source: str,
+                   head: dict[str, Any], message_id: int) -> None:
         """CDA R2 §4.2.3.1: RPLC — the parent document (and older versions of the set) are
-        replaced. An unknown parent gets a tombstone, so its late arrival stays replaced."""
+        replaced; the replacement is a new version of the parent, so it comes from the same
+        source for the same patient. A parent or set found only for another patient or
+        source is left as it is and the claim is a conflict for the operator. An unknown
+        parent gets a tombstone, so its late arrival stays replaced."""
         parent = head.get("parent_id")
         conds = []
         if parent:
@@ -468,17 +556,33 @@ class Applier:
         if not conds:
             return
         rows = conn.execute(select(documents.c.id, documents.c.event_id, documents.c.status,
-                                   documents.c.document_id).where(or_(*conds))).all()
-        for r in rows:
+                                   documents.c.document_id, documents.c.patient_id,
+                                   documents.c.source, documents.c.message_id)
+                            .where(or_(*conds))).all()
+        mine = [r for r in rows if r.source == source and r.patient_id == patient_id]
+        foreign = [r for r in rows if not (r.source == source and r.patient_id == patient_id)]
+        for r in mine:
             if r.status == "active":
                 conn.execute(update(documents).where(documents.c.id == r.id)
                              .values(status="replaced"))
                 if r.event_id is not None:
                     conn.execute(update(timeline_events).where(
                         timeline_events.c.id == r.event_id).values(status="replaced"))
-        if parent and parent not in {r.document_id for r in rows}:
+        if foreign and not (parent and parent in {r.document_id for r in mine}):
+            o = foreign[0]
+            conflicts.record(
+                conn, "document_replace_other", message_id=message_id, patient_id=patient_id,
+                other_patient_id=o.patient_id, other_message_id=o.message_id,
+                fingerprint=f"{source}|{head['document_id']}|{patient_id}",
+                evidence={"document_id": head["document_id"], "source": source,
+                          "parent_id": parent, "set_id": head.get("set_id"),
+                          "claimed": [{"document_id": r.document_id, "patient_id":
+                                       r.patient_id, "source": r.source,
+                                       "message_id": r.message_id, "status": r.status}
+                                      for r in foreign]})
+        if parent and parent not in {r.document_id for r in mine}:
             conn.execute(insert(documents).values(
-                patient_id=patient_id, document_id=parent, status="replaced",
+                patient_id=patient_id, document_id=parent, source=source, status="replaced",
                 set_id=head.get("set_id"), message_id=message_id, masked_ps=False,
                 invisible_patient=False, invisible_legal=False))
 

@@ -1,4 +1,5 @@
-"""`parcours users`, `parcours care-circle` and `parcours audit` (issue #5).
+"""`parcours users`, `parcours care-circle`, `parcours audit` (issue #5) and `parcours
+conflicts` (identity vigilance and document provenance, issue #15).
 
 They work on the store directly (no running engine needed). Tokens are printed once, on
 creation, and never stored in clear.
@@ -11,7 +12,7 @@ import getpass
 import json
 from typing import Any
 
-COMMANDS = ("users", "care-circle", "audit")
+COMMANDS = ("users", "care-circle", "audit", "conflicts")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -47,6 +48,26 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     au.add_argument("--patient", type=int, help="only reads of this patient")
     au.add_argument("--limit", type=int, default=200)
     au.add_argument("--json", action="store_true", help="one JSON object per line")
+    _add_conflicts(sub)
+
+
+def _add_conflicts(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    c = sub.add_parser("conflicts", help="identity and document conflicts held for an operator")
+    cs = c.add_subparsers(dest="conflicts_command")
+    ls = cs.add_parser("list", help="conflicts with their evidence (default: open ones)")
+    ls.add_argument("--status", choices=["open", "resolved", "all"], default="open")
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    r = cs.add_parser("resolve", help="apply a held conflict's events, or dismiss it")
+    r.add_argument("id", type=int)
+    how = r.add_mutually_exclusive_group(required=True)
+    how.add_argument("--apply", action="store_true",
+                     help="apply the held events (identity untouched) to --patient, default "
+                          "the record the local id names")
+    how.add_argument("--dismiss", action="store_true",
+                     help="resolved; held events stay kept, applied to nobody")
+    r.add_argument("--patient", type=int, help="timeline patient id to apply the events to")
+    r.add_argument("--note", help="why (kept with the resolution)")
+    r.add_argument("--by", default=None, help="who resolves (default: the OS user)")
 
 
 def run(args: argparse.Namespace, settings: Any) -> int:
@@ -59,6 +80,8 @@ def run(args: argparse.Namespace, settings: Any) -> int:
             return _users(args, store.engine)
         if args.command == "care-circle":
             return _care(args, store.engine)
+        if args.command == "conflicts":
+            return _conflicts(args, store.engine)
         return _audit(args, store.engine)
     finally:
         store.close()
@@ -138,4 +161,47 @@ def _audit(args: argparse.Namespace, db: Any) -> int:
             print(f"{e['at']:%Y-%m-%d %H:%M:%S}\t{e['actor']}\t{e['role'] or '-'}\t"
                   f"patient {e['patient_id'] or '-'}\t{e['action']}\t{e['outcome']}\t"
                   f"{e['remote'] or '-'}\t{e['detail']}")
+    return 0
+
+
+def _conflicts(args: argparse.Namespace, db: Any) -> int:
+    from .service import Timeline
+
+    timeline = Timeline(db)
+    if getattr(args, "conflicts_command", None) == "resolve":
+        try:
+            out = timeline.resolve_conflict(args.id, args.by or getpass.getuser(),
+                                            "apply" if args.apply else "dismiss",
+                                            args.patient, args.note)
+        except ValueError as exc:
+            print(f"parcours: {exc}")
+            return 1
+        print(f"conflict {out['id']}: {out['resolution']}")
+        return 0
+    status = getattr(args, "status", "open")
+    rows = timeline.list_conflicts(None, None, None if status == "all" else status)
+    for r in rows:
+        if getattr(args, "json", False):
+            print(json.dumps(r, ensure_ascii=False, sort_keys=True))
+            continue
+        ev = r["evidence"]
+        held = f"held {','.join(r['held_events'])}" if r["held"] else "not held"
+        print(f"#{r['id']}\t{r['status']}\t{r['kind']}\tpatient {r['patient_id'] or '-'}\t"
+              f"message {r['message_id']} (vs {r['other_message_id'] or '-'})\t{held}\t"
+              f"x{r['occurrences']}")
+        if "held_ins" in ev or "arriving_ins" in ev:
+            print(f"\tINS held {ev.get('held_ins') or '-'}  arriving "
+                  f"{ev.get('arriving_ins') or '-'}")
+        for side in ("held", "arriving"):
+            d = ev.get(side)
+            if d:
+                print(f"\t{side}: {d.get('family') or '-'} {d.get('given') or ''} "
+                      f"born {d.get('birth_date') or '-'} sex {d.get('sex') or '-'} "
+                      f"status {d.get('identity_status') or '-'}")
+        if "document_id" in ev:
+            print(f"\tdocument {ev['document_id']} source {ev.get('source') or '-'}")
+        if r["resolution"]:
+            print(f"\tresolved by {r['resolved_by']}: {r['resolution']}")
+    if not rows:
+        print(f"no conflict ({status})")
     return 0

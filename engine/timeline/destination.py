@@ -87,6 +87,10 @@ class TimelineDestination:
             return Outcome.retry(f"timeline error: {type(result).__name__}")
         log.info("timeline events applied", extra={"message_id": item.message_id,
                                                     "delivery_id": item.delivery_id, **result})
+        held = result.get("held")
+        if held:  # identity vigilance: kept in a conflict for an operator (docs/timeline.md)
+            return Outcome.delivered(f"held {held} for an identity conflict, "
+                                     f"skipped {result['skipped']}")
         return Outcome.delivered(f"applied {result['applied']}, skipped {result['skipped']}")
 
     async def close(self) -> None:

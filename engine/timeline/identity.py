@@ -9,16 +9,24 @@ Rules (docs/timeline.md, "Identity"):
   in identity_history and not linked; nothing is merged without an A40.
 - A40 moves everything of the absorbed patient (MRG-1) to the survivor (PID-3); A47 changes
   an identifier's value, merging when the new value already belongs to someone else.
+- Identity vigilance (RNIV, the INS referential; issue #15): an arrival whose INS contradicts
+  the INS held for its local id, or whose family name, birth date or sex contradict a
+  qualified (VALI/QUAL) identity, is a conflict held for an operator (`vigilance`), never a
+  merge, a link or an overwrite.
+- HL7's explicit null `""` (v2.5.1 §2.5.3) in PID-3 withdraws an identifier (the INS of a
+  PAM-FR A47/A08/A31): it is removed from the patient, kept in identity_history, and stops
+  matching; in PID-5/7/8/32 it clears the value.
 - Every change is written to identity_history.
 """
 
 from __future__ import annotations
 
 import json
+import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from .models import (
@@ -35,6 +43,12 @@ from .models import (
     stays,
     timeline_events,
 )
+
+# PID-32 statuses of a qualified identity (RNIV: "identité qualifiée", the INS retrieved and
+# the identity validated); its traits are changed only by the INS referential, not by a feed.
+QUALIFIED_STATUSES = frozenset({"VALI", "QUAL"})
+TRAITS = ("family", "birth_date", "sex")
+DEMOGRAPHICS = ("family", "given", "birth_date", "sex")
 
 MOVED_TABLES = (patient_identifiers, stays, movements, timeline_events, observations,
                 documents, orders, appointments, consents, care_circle)
@@ -113,8 +127,101 @@ def resolve(conn: Connection, block: dict[str, Any], message_id: int) -> int:
         if ident["type"] == "INS" and not usable_ins:
             continue
         _link(conn, patient_id, ident, message_id)
+    for gone in block.get("withdrawn") or ():
+        withdraw(conn, patient_id, gone, message_id)
     _demographics(conn, patient_id, block, message_id)
     return patient_id
+
+
+def withdraw(conn: Connection, patient_id: int, gone: dict[str, str],
+             message_id: int) -> None:
+    """Remove an identifier sent as `""` (HL7 v2.5.1 §2.5.3; PAM-FR INS withdrawal) from the
+    patient: a withdrawn INS is any INS of the patient, a local id that authority's. The value
+    is kept in identity_history, so the record still tells what was withdrawn and when."""
+    q = select(patient_identifiers).where(patient_identifiers.c.patient_id == patient_id)
+    if gone["type"] == "INS":
+        q = q.where(patient_identifiers.c.type == "INS")
+    else:
+        q = q.where(patient_identifiers.c.authority == gone["authority"],
+                    patient_identifiers.c.type != "INS")
+    for row in conn.execute(q).mappings().all():
+        conn.execute(delete(patient_identifiers).where(patient_identifiers.c.id == row["id"]))
+        history(conn, patient_id, "identifier_withdrawn", message_id,
+                {"authority": row["authority"], "type": row["type"], "value": row["value"],
+                 "linked_by_message": row["message_id"]})
+    if gone["type"] == "INS":
+        conn.execute(update(patients).where(patients.c.id == patient_id).values(
+            ins=None, ins_authority=None, updated_at=datetime.now(UTC)))
+
+
+def _norm(value: Any) -> str:
+    """Traits compared as the INS referential writes them: case, accents, spaces, hyphens
+    and apostrophes do not make another person."""
+    text = unicodedata.normalize("NFKD", str(value or ""))
+    return "".join(c for c in text if c.isalnum()).upper()
+
+
+def target(conn: Connection, block: dict[str, Any]) -> int | None:
+    """The patient `resolve` would pick, without changing anything (None: a new patient)."""
+    ids = block["identifiers"]
+    for i in ids:
+        if i["type"] != "INS":
+            found = lookup(conn, i["authority"], i["value"])
+            if found is not None:
+                return found
+    if block.get("ins_usable", True):
+        for i in ids:
+            if i["type"] == "INS":
+                found = lookup(conn, i["authority"], i["value"])
+                if found is not None:
+                    return found
+    return None
+
+
+def vigilance(conn: Connection, block: dict[str, Any], message_id: int
+              ) -> list[dict[str, Any]]:
+    """The identity conflicts an arrival raises against the record it would land on.
+
+    - `ins_mismatch`: the record holds an INS of the same authority with another value (the
+      same local id, two persons: PAM-FR identity vigilance).
+    - `demographics_mismatch`: the record is a qualified identity (PID-32 VALI/QUAL) and the
+      arrival's family name, birth date or sex differ.
+    Each conflict carries its evidence: both INS, both sets of traits, both message ids.
+    """
+    patient_id = target(conn, block)
+    if patient_id is None:
+        return []
+    row = conn.execute(select(patients).where(patients.c.id == patient_id)).mappings().one()
+    held = conn.execute(select(patient_identifiers).where(
+        patient_identifiers.c.patient_id == patient_id,
+        patient_identifiers.c.type == "INS")).mappings().all()
+    local = [{"authority": i["authority"], "value": i["value"]}
+             for i in block["identifiers"] if i["type"] != "INS"]
+    mine = {k: row[k] for k in (*DEMOGRAPHICS, "identity_status")}
+    theirs = {k: block.get(k) for k in (*DEMOGRAPHICS, "identity_status")}
+    out: list[dict[str, Any]] = []
+    for ins in (i for i in block["identifiers"] if i["type"] == "INS"):
+        for h in held:
+            if h["authority"] == ins["authority"] and h["value"] != ins["value"]:
+                out.append({
+                    "kind": "ins_mismatch", "patient_id": patient_id,
+                    "other_message_id": h["message_id"],
+                    "evidence": {"local_ids": local, "authority": ins["authority"],
+                                 "held_ins": h["value"], "arriving_ins": ins["value"],
+                                 "held": mine, "arriving": theirs}})
+    if (row["identity_status"] or "").upper() in QUALIFIED_STATUSES:
+        differ = [k for k in TRAITS if block.get(k) and row[k]
+                  and _norm(block.get(k)) != _norm(row[k])]
+        if differ:
+            out.append({
+                "kind": "demographics_mismatch", "patient_id": patient_id,
+                "other_message_id": row["demographics_message_id"],
+                "evidence": {"local_ids": local, "fields": differ,
+                             "held_ins": row["ins"],
+                             "arriving_ins": next((i["value"] for i in block["identifiers"]
+                                                   if i["type"] == "INS"), None),
+                             "held": mine, "arriving": theirs}})
+    return out
 
 
 def _demographics(conn: Connection, patient_id: int, block: dict[str, Any],
@@ -123,8 +230,10 @@ def _demographics(conn: Connection, patient_id: int, block: dict[str, Any],
     row = conn.execute(select(patients).where(patients.c.id == patient_id)).mappings().one()
     if row["demographics_message_id"] is not None and row["demographics_message_id"] > message_id:
         return
-    new = {k: block.get(k) or row[k] for k in ("family", "given", "birth_date", "sex")}
-    new["identity_status"] = block.get("identity_status") or row["identity_status"]
+    cleared = set(block.get("cleared") or ())  # HL7 v2.5.1 §2.5.3: `""` deletes the value
+    new = {k: None if k in cleared else (block.get(k) or row[k]) for k in DEMOGRAPHICS}
+    new["identity_status"] = None if "identity_status" in cleared else (
+        block.get("identity_status") or row["identity_status"])
     changed = {k for k, v in new.items() if v != row[k]}
     conn.execute(update(patients).where(patients.c.id == patient_id).values(
         **new, demographics_message_id=message_id, updated_at=datetime.now(UTC)))
@@ -163,13 +272,20 @@ def change_identifier(conn: Connection, block: dict[str, Any], old_ids: list[dic
                       message_id: int) -> None:
     """A47: MRG-1 (old value) → PID-3 (new value) of the same authority, before `resolve`."""
     new_ids = block["identifiers"]
+    withdrawn = block.get("withdrawn") or []
     for old in old_ids:
+        old_owner = lookup(conn, old["authority"], old["value"])
+        gone = next((w for w in withdrawn if w["authority"] == old["authority"]
+                     or (w["type"] == "INS" and old["type"] == "INS")), None)
+        if gone is not None:  # PID-3 says `""` for this identifier: withdrawn, not renamed
+            if old_owner is not None:
+                withdraw(conn, old_owner, {**gone, "authority": old["authority"]}, message_id)
+            continue
         new = next((n for n in new_ids if n["authority"] == old["authority"]), None)
-        if new is None:
+        if new is None and old["type"] != "INS":  # an INS never becomes a local id
             new = next((n for n in new_ids if n["type"] != "INS"), None)
         if new is None:
             continue
-        old_owner = lookup(conn, old["authority"], old["value"])
         if old_owner is None:
             continue
         new_owner = lookup(conn, new["authority"], new["value"])

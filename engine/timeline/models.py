@@ -165,7 +165,11 @@ observations = Table(
 documents = Table(
     "documents", metadata, _id(), _patient(),
     Column("event_id", BigId, ForeignKey("timeline_events.id"), index=True),
-    Column("document_id", String(255), nullable=False, unique=True),
+    # A document is (source, id, patient): the custodian (else the sending facility) that
+    # issued it, its ClinicalDocument/id, and the patient it was filed for. The same id from
+    # another source or for another patient is another document, never a move (issue #15).
+    Column("source", String(255), nullable=False, server_default=""),
+    Column("document_id", String(255), nullable=False),
     Column("set_id", String(255), index=True),
     Column("version", String(16)),
     Column("parent_id", String(255)),
@@ -181,6 +185,31 @@ documents = Table(
     Column("invisible_patient", Boolean, nullable=False, default=False),
     Column("invisible_legal", Boolean, nullable=False, default=False),
     Column("message_id", BigInteger, nullable=False),
+)
+
+# Identity and document conflicts held for an operator (issue #15): an INS contradicting the
+# one held for a local id, demographics contradicting a qualified identity, a replacement or
+# deletion naming a document of another patient or source. `envelope` keeps the events of a
+# held message until an operator decides; `evidence` what the operator needs to decide.
+timeline_conflicts = Table(
+    "timeline_conflicts", metadata, _id(),
+    Column("kind", String(32), nullable=False),
+    Column("status", String(16), nullable=False),  # open, resolved
+    Column("held", Boolean, nullable=False, default=False),
+    Column("patient_id", BigId, ForeignKey("patients.id"), index=True),
+    Column("other_patient_id", BigId),
+    Column("message_id", BigInteger, nullable=False, index=True),
+    Column("other_message_id", BigInteger),
+    Column("last_message_id", BigInteger, nullable=False),
+    Column("occurrences", Integer, nullable=False, default=1),
+    Column("fingerprint", String(255), nullable=False, index=True),
+    Column("evidence", Text, nullable=False),
+    Column("envelope", Text),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    Column("resolved_at", TS),
+    Column("resolved_by", String(128)),
+    Column("resolution", Text),
 )
 
 orders = Table(
@@ -262,11 +291,12 @@ audit_log = Table(
 applied_events = Table(
     "applied_events", metadata,
     Column("message_id", BigInteger, primary_key=True),
-    Column("event_type", String(16), primary_key=True),
+    Column("event_type", String(32), primary_key=True),  # change_identifier is 17
     Column("event_key", String(512), primary_key=True),
     Column("applied_at", TS, nullable=False),
 )
 
 Index("ix_care_circle_patient_professional", care_circle.c.patient_id,
       care_circle.c.professional_id)
+Index("ix_documents_source_document", documents.c.source, documents.c.document_id)
 Index("ix_timeline_events_patient_at", timeline_events.c.patient_id, timeline_events.c.at)

@@ -11,23 +11,31 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from ..models import deliveries
-from . import audit
+from . import audit, conflicts
 from .apply import Applier
 from .auth import Authenticator, Principal
 from .care_circle import has_grant, may_read
 from .identity import survivor
 from .masking import visible
-from .models import documents, observations, patient_identifiers, patients, timeline_events
+from .models import (
+    documents,
+    observations,
+    patient_identifiers,
+    patients,
+    timeline_conflicts,
+    timeline_events,
+)
 from .settings import TimelineSettings
 
 PATIENT_ROLES = ("admin", "clinician")
+CONFLICT_ROLES = ("admin", "operator")
 HIDDEN_STATUSES = ("cancelled", "deleted", "replaced")
 
 
@@ -319,6 +327,72 @@ class Timeline:
 
         return self._guarded(who, "document", int(doc["patient_id"]), remote,
                              {"document": document_row_id, "status": doc["status"]}, read)
+
+    # -- conflicts (operator: identity vigilance, document provenance) --------------------
+
+    def list_conflicts(self, who: Principal | None, remote: str | None,
+                       status: str | None = "open", limit: int = 200
+                       ) -> list[dict[str, Any]]:
+        """Conflicts with their evidence, for an operator or an admin (identity vigilance
+        is their work); the evidence is patient data, so the read is audited."""
+        if who is not None and who.role not in CONFLICT_ROLES:
+            audit.record(self.db, who, "conflicts", patient_ids=None, remote=remote,
+                         outcome="denied")
+            raise Denied
+        with self.db.connect() as conn:
+            rows = conflicts.listing(conn, status, limit)
+        if who is not None:
+            ids = sorted({p for r in rows for p in (r["patient_id"], r["other_patient_id"])
+                          if p is not None})
+            audit.record(self.db, who, "conflicts", patient_ids=ids or None, remote=remote,
+                         detail={"status": status, "count": len(rows)})
+        return rows
+
+    def open_conflicts(self) -> int:
+        with self.db.connect() as conn:
+            return conflicts.count_open(conn)
+
+    def resolve_conflict(self, conflict_id: int, by: str, action: str,
+                         patient_id: int | None = None, note: str | None = None
+                         ) -> dict[str, Any]:
+        """`apply`: a held conflict's events go to `patient_id` (default: the record its
+        local id names), identity untouched; `dismiss`: resolved, the events stay held in
+        the row. A conflict that is not held is only marked resolved. ValueError says why
+        not (unknown, already resolved, nothing to apply)."""
+        if action not in ("apply", "dismiss"):
+            raise ValueError("action must be apply or dismiss")
+        with self.db.begin() as conn:
+            row = conn.execute(select(timeline_conflicts).where(
+                timeline_conflicts.c.id == conflict_id).with_for_update()).mappings().first()
+            if row is None:
+                raise ValueError(f"no conflict {conflict_id}")
+            if row["status"] != "open":
+                raise ValueError(f"conflict {conflict_id} is already {row['status']}")
+            applied = 0
+            if action == "apply" and row["held"]:
+                target = patient_id or row["patient_id"]
+                if target is None or conn.execute(select(patients.c.id).where(
+                        patients.c.id == target)).scalar() is None:
+                    raise ValueError(f"no patient {target}")
+                applied = self.applier.apply_held(conn, json.loads(row["envelope"]),
+                                                  int(target))
+                text = f"events applied to patient {survivor(conn, int(target))}"
+            elif action == "apply":
+                text = "resolved"
+            else:
+                text = "dismissed: events kept, applied to nobody" if row["held"] \
+                    else "dismissed"
+            if note:
+                text += f" ({note[:500]})"
+            conn.execute(update(timeline_conflicts).where(
+                timeline_conflicts.c.id == conflict_id).values(
+                    status="resolved", resolved_at=datetime.now(UTC), resolved_by=by[:128],
+                    resolution=text, updated_at=datetime.now(UTC)))
+            out = conflicts.as_dict({**row, "status": "resolved", "resolution": text,
+                                     "resolved_by": by[:128],
+                                     "resolved_at": datetime.now(UTC)})
+        out["applied_events"] = applied
+        return out
 
     def patient_count(self) -> int:
         with self.db.connect() as conn:

@@ -103,6 +103,15 @@ def audit_many(engine: Engine, session: Session, patient_keys: list[str], what: 
                  remote=remote, detail={**(detail or {}), "patient_keys": patient_keys})
 
 
+def audit_patients(engine: Engine, session: Session, patient_ids: list[int], what: str,
+                   remote: str, detail: dict[str, Any] | None = None) -> None:
+    """An operator page showed data of these timeline patients (conflict evidence)."""
+    from engine.timeline import audit
+
+    audit.record(_timeline(engine).db, principal(session), what,
+                 patient_ids=patient_ids or None, remote=remote, detail=detail or {})
+
+
 def audit_action(engine: Engine, session: Session, what: str, remote: str,
                  detail: dict[str, Any] | None = None) -> None:
     from engine.timeline import audit

@@ -120,8 +120,24 @@ def _recent(engine: Engine) -> dict[str, Any]:
     return _cache.get(f"recent:{id(engine)}", build)  # type: ignore[no-any-return]
 
 
+def _conflicts_open(engine: Engine) -> int:
+    timeline = getattr(engine, "timeline", None)
+    if timeline is None:
+        return 0
+    return _cache.get(f"conflicts:{id(engine)}", timeline.open_conflicts)  # type: ignore[no-any-return]
+
+
 def _queues(engine: Engine) -> dict[str, tuple[int, float]]:
     return _cache.get(f"queues:{id(engine)}", engine.queue_snapshot)  # type: ignore[no-any-return]
+
+
+def conflicts(engine: Engine, limit: int = 50) -> list[dict[str, Any]]:
+    """Open identity and document conflicts with their evidence (issue #15): what an
+    identity-vigilance operator must decide. Not cached: a resolution shows at once."""
+    timeline = getattr(engine, "timeline", None)
+    if timeline is None:
+        return []
+    return timeline.list_conflicts(None, None, "open", limit)  # type: ignore[no-any-return]
 
 
 def snapshot(engine: Engine) -> dict[str, Any]:
@@ -167,5 +183,6 @@ def snapshot(engine: Engine) -> dict[str, Any]:
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "channels": channels, "destinations": destinations,
         "backlog_codes": engine.backlog_size(),
+        "conflicts_open": _conflicts_open(engine),
         "router": {"routed": engine.router.routed, "is_router": engine.is_router},
     }

@@ -37,6 +37,9 @@ NOTICES = {
                               "(see the problems below)."),
     "mapped": ("ok", "Mapping written; {n} message(s) carrying the code were reprocessed."),
     "mapping-refused": ("bad", "The mapping was refused (see the reason below)."),
+    "conflict-resolved": ("ok", "Conflict resolved."),
+    "conflict-refused": ("bad", "That conflict could not be resolved (unknown, already "
+                                "resolved, or no record to apply its events to)."),
 }
 
 
@@ -60,7 +63,36 @@ def build_router(ui: UI) -> APIRouter:
         s = ui.operator(request)
         snap = await asyncio.to_thread(dashboard.snapshot, engine)
         dead = await asyncio.to_thread(msgs.failed_deliveries, engine.store)
-        return ui.render(request, "dashboard.html", {"snap": snap, "dead": dead}, session=s)
+        found = await asyncio.to_thread(dashboard.conflicts, engine)
+        if found:  # the evidence (INS, names, birth dates) is patient data: audited
+            ids = sorted({p for c in found for p in (c["patient_id"], c["other_patient_id"])
+                          if p})
+            await asyncio.to_thread(auth_adapter.audit_patients, engine, s, ids,
+                                    "ui.conflicts", remote_of(request),
+                                    {"conflicts": len(found)})
+        return ui.render(request, "dashboard.html", {"snap": snap, "dead": dead,
+                                                     "conflicts": found,
+                                                     "notice": _notice(request)}, session=s)
+
+    @router.post("/ui/conflicts/{conflict_id}/resolve")
+    async def resolve_conflict(request: Request, conflict_id: int) -> Response:
+        """Apply a held conflict's events to the record its local id names, or dismiss it;
+        the same decision as `parcours conflicts resolve`."""
+        s = ui.operator(request)
+        form = await ui.form_with_csrf(request, s)
+        action = form.get("action", "")
+        try:
+            out = await asyncio.to_thread(engine.timeline.resolve_conflict, conflict_id,
+                                          s.username, action)
+        except ValueError:
+            return redirect("/ui/dashboard?done=conflict-refused#conflicts")
+        await asyncio.to_thread(auth_adapter.audit_patients, engine, s,
+                                [out["patient_id"]] if out["patient_id"] else [],
+                                "ui.conflict_resolve", remote_of(request),
+                                {"conflict": conflict_id, "action": action})
+        log.info("operator resolved a conflict",
+                 extra={"conflict_id": conflict_id, "user": s.username, "action": action})
+        return redirect("/ui/dashboard?done=conflict-resolved#conflicts")
 
     @router.get("/ui/api/dashboard")
     async def dashboard_json(request: Request) -> JSONResponse:

@@ -212,7 +212,11 @@ routes:
             delivery_rows(eng))
 
     await wait_for(zfa_applied)
-    await eng.send(oru("F", "CERBAL-OPP-1"))
+    # The report carries the traits of the ANS identity its INS belongs to: the demo ORU's own
+    # (PATIENT DEMO, 1970) under that INS contradict the qualified identity the ADT set, and
+    # identity vigilance would hold it for an operator (issue #15).
+    await eng.send(oru("F", "CERBAL-OPP-1").replace(b"PATIENT^DEMO||19700101|F",
+                                                    b"PAT-TROIS^DOMINIQUE||19790328|F"))
     timeline = eng.engine.timeline
     admin = Principal(None, "admin", "admin", None, "token")
 

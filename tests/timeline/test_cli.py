@@ -44,3 +44,25 @@ def test_users_grant_audit(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     code, out = run(["users", "revoke", "dr"], capsys)
     assert tl.timeline.auth.authenticate(token) is None
     tl.store.close()
+
+
+def test_conflicts_list_and_resolve(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from .test_identity import GLY, INS_B, TSH, apply_cda, other_person
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    monkeypatch.setenv("PARCOURS_STORE_URL", url)
+    monkeypatch.setenv("PARCOURS_HOME", str(tmp_path))
+    tl = TL(url)
+    apply_cda(tl, read(*TSH), 1)
+    apply_cda(tl, other_person(read(*GLY)), 2)
+    code, out = run(["conflicts", "list"], capsys)
+    assert code == 0 and "ins_mismatch" in out and INS_B in out and "NESSI" in out
+    code, out = run(["conflicts", "resolve", "1", "--dismiss", "--note", "two persons"], capsys)
+    assert code == 0 and "applied to nobody" in out
+    code, out = run(["conflicts", "resolve", "1", "--apply"], capsys)
+    assert code == 1 and "already resolved" in out
+    code, out = run(["conflicts", "resolve", "99", "--apply"], capsys)
+    assert code == 1 and "no conflict 99" in out
+    code, out = run(["conflicts", "list"], capsys)
+    assert code == 0 and "no conflict (open)" in out

@@ -71,6 +71,8 @@ def read_zbe(msg: Message) -> dict[str, Any] | None:
         shift = 1
     action = zbe.get(4 + shift).upper() or "INSERT"
     return {
+        "cleared": [name for name, n in (("medical_ward", 7), ("nursing_ward", 8))
+                    if zbe.is_null(n + shift)],
         "movement_id": zbe.get(1, 1, 1),
         "authority": zbe.get(1, 1, 2) or zbe.get(1, 1, 3),
         "at": hl7_time(zbe.get(2, 1, 1)),
@@ -172,6 +174,13 @@ def movement_event(msg: Message, trigger: str, fac: str) -> dict[str, Any] | Non
         "historic": bool(zbe and zbe["historic"]),
         "doctors": {k: v for k, v in doctors.items() if v},
     }
+    # HL7 v2.5.1 §2.5.3: `""` deletes what an earlier message set (an update clears it).
+    cleared = list(zbe["cleared"]) if zbe else []
+    if pv1 is not None:
+        cleared += [name for name, n in (("location", 3), ("patient_class", 2))
+                    if pv1.is_null(n)]
+    if cleared:
+        event["cleared"] = cleared
     if action == "cancel":
         event["cancels"] = list(cancels)
         event["by_key"] = zbe is not None

@@ -77,16 +77,21 @@ def read_document(data: bytes, max_bytes: int = MAX_DOCUMENT_BYTES) -> dict[str,
 
 
 def document_event(data: bytes, *, action: str | None = None,
-                   masking: dict[str, bool] | None = None) -> dict[str, Any]:
+                   masking: dict[str, bool] | None = None,
+                   sender: str = "") -> dict[str, Any]:
     """A document event with the CDA bytes (base64) and its header.
 
     `action`: new / replace / delete as the carrying message says (ORC-1, MDM trigger);
-    without one, relatedDocument RPLC means replace.
+    without one, relatedDocument RPLC means replace. `source` is who issued the document —
+    the custodian (CDA R2 §4.2.2.3), else `sender` (MSH-4, the folder channel): the timeline
+    files a document under (source, id, patient), so one source's id never reaches another
+    source's document.
     """
     head = read_document(data)
     if action is None:
         action = "replace" if head["relation"] == "RPLC" and head["parent_id"] else "new"
     return {"type": "document", "key": head["document_id"], "action": action,
+            "source": head["custodian"] or sender,
             "at": head["effective_time"], "header": head, "masking": masking or {},
             "content_b64": base64.b64encode(data).decode("ascii"),
             "content_type": "application/xml"}
@@ -112,7 +117,8 @@ def cda_events(exchange: Exchange) -> Exchange | None:
     """A CDA file (folder channel) → one document event for the patient of recordTarget."""
     if exchange.message is not None:
         return None
-    event = document_event(exchange.raw)
+    event = document_event(exchange.raw, sender=exchange.headers.get("sending_facility")
+                           or exchange.channel or "")
     return envelope(exchange, patient_from_header(event["header"]), [event])
 
 

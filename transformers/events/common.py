@@ -92,6 +92,23 @@ def cx_list(seg: Segment | None, n: int) -> list[dict[str, str]]:
     return out
 
 
+def cx_withdrawn(seg: Segment | None, n: int) -> list[dict[str, str]]:
+    """The repetitions of a CX field whose CX-1 is HL7's explicit null `""` (HL7 v2.5.1
+    §2.5.3: delete the value): the identifier of that authority (the INS, in a PAM-FR
+    withdrawal) is to be removed from the patient, not stored as the two characters."""
+    if seg is None:
+        return []
+    out = []
+    for r in range(1, len(seg.repetitions(n)) + 1):
+        if not (seg.is_null(n, r) or seg.is_null(n, r, 1)):
+            continue
+        ident = identifier(["withdrawn", *seg.components(n, r)[1:]],
+                           seg._enc.subcomponent)  # noqa: SLF001
+        if ident is not None and ident["authority"]:
+            out.append({"authority": ident["authority"], "type": ident["type"]})
+    return out
+
+
 def person(seg: Segment | None, n: int, rep: int = 1) -> dict[str, str] | None:
     """XCN (PV1-7/8/9/17, ORC-12, OBR-16, …) → {id, family, given, authority}."""
     if seg is None:
@@ -124,8 +141,17 @@ def patient_from_pid(msg: Message) -> dict[str, Any]:
     if not ids:
         raise EventError("PID-3 has no identifier")
     status = pid.get(32).strip().upper()
+    # HL7 v2.5.1 §2.5.3: `""` deletes the value held; an empty field keeps it.
+    cleared = [name for name, nulls in (
+        ("family", (pid.is_null(5), pid.is_null(5, 1, 1), pid.is_null(5, 1, 1, 1))),
+        ("given", (pid.is_null(5), pid.is_null(5, 1, 2))),
+        ("birth_date", (pid.is_null(7), pid.is_null(7, 1, 1))),
+        ("sex", (pid.is_null(8),)),
+        ("identity_status", (pid.is_null(32),))) if any(nulls)]
     return {
         "identifiers": ids,
+        "withdrawn": cx_withdrawn(pid, 3),
+        "cleared": cleared,
         "identity_status": status or None,
         "ins_usable": status not in UNRELIABLE_STATUSES,
         "family": pid.get(5, 1, 1, 1) or pid.get(5, 1, 1),

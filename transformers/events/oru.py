@@ -63,10 +63,11 @@ def _document_action(msg: Message, trigger: str) -> str | None:
     return MDM_TRIGGER_ACTION.get(trigger)
 
 
-def document_events(msg: Message, trigger: str) -> list[dict[str, Any]]:
+def document_events(msg: Message, trigger: str, sender: str = "") -> list[dict[str, Any]]:
     flags = masking_flags(msg)
     action = _document_action(msg, trigger)
-    return [document_event(d, action=action, masking=flags) for d in _embedded_documents(msg)]
+    return [document_event(d, action=action, masking=flags, sender=sender)
+            for d in _embedded_documents(msg)]
 
 
 def _groups(msg: Message) -> list[tuple[Segment | None, Segment, list[Segment]]]:
@@ -134,7 +135,7 @@ def oru_events(exchange: Exchange) -> Exchange | None:
         return None
     patient = patient_from_pid(msg)
     trigger = exchange.headers.get("trigger_event") or ""
-    events = document_events(msg, trigger)
+    events = document_events(msg, trigger, facility(msg, exchange))
     if not events:
         events = result_events(msg, facility(msg, exchange))
     return envelope(exchange, patient, events)
@@ -148,7 +149,7 @@ def mdm_events(exchange: Exchange) -> Exchange | None:
     if exchange.headers.get("message_type") != "MDM":
         return None
     trigger = exchange.headers.get("trigger_event") or ""
-    events = document_events(msg, trigger)
+    events = document_events(msg, trigger, facility(msg, exchange))
     if not events:
         raise EventError("MDM without a CDA document in an OBX of type ED (base64)")
     return envelope(exchange, patient_from_pid(msg), events)

@@ -20,6 +20,12 @@ from functools import lru_cache
 from .encoding import DEFAULT_ENCODING, Encoding
 from .escape import unescape
 
+# HL7 v2.5.1 §2.5.3: a field (component, subcomponent) sent as two double quotes is an
+# explicit null — "delete the value held" — unlike an empty one, which means "not sent, keep
+# what you have". The decoded accessors return '' for it (the two characters are never a
+# value); `Segment.is_null` tells the two apart for readers that must delete.
+NULL = '""'
+
 
 class HL7ReadError(ValueError):
     """The text is not an HL7 v2 message this reader can make sense of."""
@@ -132,9 +138,22 @@ class Segment:
         component: int | None = None,
         subcomponent: int | None = None,
     ) -> str:
-        """Decoded value of one field/repetition/component/subcomponent, '' when absent."""
+        """Decoded value of one field/repetition/component/subcomponent, '' when absent or
+        an explicit null (`is_null` says which)."""
         raw = self._pick(n, repetition, component, subcomponent)
-        return unescape(raw, self._enc, self._charset) if raw else ""
+        return unescape(raw, self._enc, self._charset) if raw and raw != NULL else ""
+
+    def is_null(
+        self,
+        n: int,
+        repetition: int = 1,
+        component: int | None = None,
+        subcomponent: int | None = None,
+    ) -> bool:
+        """True when the value is HL7's explicit null `""` (delete), not merely absent."""
+        if self.name == "MSH" and n in (1, 2):
+            return False
+        return self._pick(n, repetition, component, subcomponent) == NULL
 
     def get_raw(
         self,
@@ -167,11 +186,12 @@ class Segment:
         return subs[sub - 1] if sub <= len(subs) else ""
 
     def components(self, n: int, repetition: int = 1) -> list[str]:
-        """Decoded components of one repetition."""
+        """Decoded components of one repetition (an explicit null component is '')."""
         raw = self._pick(n, repetition, None, None)
-        if not raw:
+        if not raw or raw == NULL:
             return []
-        return [unescape(c, self._enc, self._charset) for c in raw.split(self._enc.component)]
+        return [unescape(c, self._enc, self._charset) if c != NULL else ""
+                for c in raw.split(self._enc.component)]
 
     def __repr__(self) -> str:  # no content: segments carry patient data
         return f"<Segment {self.name} fields={len(self)}>"
@@ -264,6 +284,7 @@ __all__ = [
     "DEFAULT_ENCODING",
     "HL7ReadError",
     "Message",
+    "NULL",
     "Path",
     "Segment",
     "encoding_from_msh",
