@@ -174,11 +174,15 @@ def _format_range(low: Decimal | None, high: Decimal | None, source: ReferenceRa
 
 @lru_cache(maxsize=8192)
 def _converted_range(
-    reference: ReferenceRange, factor: Decimal
+    reference: ReferenceRange, factor: Decimal, offset: Decimal = Decimal(0)
 ) -> tuple[Decimal | None, Decimal | None, str]:
-    """Bounds of OBX-7 in the canonical unit (cached: a lab sends the same ranges all day)."""
-    low = convert(reference.low, factor) if reference.low is not None else None
-    high = convert(reference.high, factor) if reference.high is not None else None
+    """Bounds of OBX-7 in the canonical unit (cached: a lab sends the same ranges all day).
+
+    The same conversion as the value, equation included: declared equations are increasing
+    (``loinc.canonical.load_equations``), so the bounds keep their order and the flag its side.
+    """
+    low = convert(reference.low, factor, offset=offset) if reference.low is not None else None
+    high = convert(reference.high, factor, offset=offset) if reference.high is not None else None
     return low, high, _format_range(low, high, reference)
 
 
@@ -212,12 +216,13 @@ def _derive_flag(
     return "N"
 
 
-_Plan = tuple[LoincTerm, str, Decimal, tuple[str, ...]]
+_Plan = tuple[LoincTerm, str, Decimal, Decimal, tuple[str, ...]]
 _plans: dict[tuple[int, str, str], _Plan | str] = {}
 
 
 def _unit_plan(policy: CanonicalPolicy, term: LoincTerm, raw_unit: str) -> _Plan | str:
-    """(target term, target unit, factor, notes) for a code and unit, or the reason it fails.
+    """(target term, target unit, factor, offset, notes) for a code and unit, or the reason
+    it fails (the value in the target unit is ``value × factor + offset``).
 
     Cached per (policy, code, unit as written): a laboratory sends the same few hundred
     code/unit pairs all day, so UCUM parsing and pint run once per pair, not per result.
@@ -246,12 +251,21 @@ def _compute_plan(policy: CanonicalPolicy, term: LoincTerm, raw_unit: str) -> _P
         return exc.reason
 
     # LOINC property follows the unit (brief, Clarifications): a glucose sent in mmol/L under
-    # the mass code 2345-7 is a moles result; it is recoded before anything else.
+    # the mass code 2345-7 is a moles result; it is recoded before anything else. Where the
+    # unit's dimension cannot tell two codes apart (HbA1c IFCC mmol/mol and NGSP %, both
+    # fractions), the declared equations say which code the unit fixes.
+    declared = policy.code_for_unit(term, source_unit)
+    if declared is not None:
+        term = declared
+        target = policy.target(term)
+        notes.append("recoded_to_unit_property")
     source_family = family(source_unit)
     wanted_family = PROPERTY_FAMILY.get(term.property)
     if (
         wanted_family is not None
         and source_family != wanted_family
+        # the unit the code itself gives (14585-4 in mg/mmol{creat}) always fits it
+        and source_unit != policy.own_unit(term)
         and not (wanted_family == "arbitrary_conc" and source_family == "catalytic_conc")
     ):
         prop = _FAMILY_PROPERTY.get(source_family)
@@ -266,13 +280,27 @@ def _compute_plan(policy: CanonicalPolicy, term: LoincTerm, raw_unit: str) -> _P
         target_term, target_unit = term, source_unit
     else:
         target_term, target_unit = target.term, target.unit
-    try:
-        factor = conversion_factor(source_unit, target_unit, policy.molar_mass(term))
-    except UnitError as exc:
-        return exc.reason
+    offset = Decimal(0)
+    equation = policy.equation(term, source_unit, target_unit) if source_unit != target_unit \
+        else None
+    if equation is not None:
+        factor, offset = equation
+        notes.append("converted_by_declared_equation")
+    else:
+        # A ratio of units is only right between codes of one property, or mass ↔ substance
+        # through a molar mass; any other change of property (substance fraction → mass
+        # fraction) is a different quantity that no factor relates.
+        if (target_term.property != term.property
+                and {PROPERTY_FAMILY.get(term.property), PROPERTY_FAMILY.get(
+                    target_term.property)} != {"mass_conc", "substance_conc"}):
+            return "no_declared_conversion"
+        try:
+            factor = conversion_factor(source_unit, target_unit, policy.molar_mass(term))
+        except UnitError as exc:
+            return exc.reason
     if target_term.code != term.code:
         notes.append("recoded_to_canonical_unit")
-    return target_term, target_unit, factor, tuple(notes)
+    return target_term, target_unit, factor, offset, tuple(notes)
 
 
 def _normalise_one(
@@ -307,15 +335,15 @@ def _normalise_one(
     if isinstance(plan, str):
         backlog.append(_backlog(sender, obx, plan))
         return _as_received(obx, action, plan, term)
-    target_term, target_unit, factor, notes = plan
+    target_term, target_unit, factor, offset, notes = plan
     notes = list(notes)
 
-    value = convert(quantity.value, factor)
+    value = convert(quantity.value, factor, offset=offset)
     low = high = None
     reference_text = ""
     reference = parse_range(obx.reference_range)
     if reference is not None:
-        low, high, reference_text = _converted_range(reference, factor)
+        low, high, reference_text = _converted_range(reference, factor, offset)
     elif obx.reference_range.strip():
         reference_text = obx.reference_range
         notes.append("reference_range_unparsed")
