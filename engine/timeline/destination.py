@@ -1,8 +1,9 @@
 """The `timeline` destination: applies events envelopes to the timeline tables.
 
-Outcomes: delivered when applied (or already applied — idempotent); retry when the store
-fails or another process raced on the same rows (unique constraint); dead when the payload
-is not an events envelope (a route without an event transformer) — retrying cannot fix it.
+Outcomes: delivered when applied (or already applied by this or a newer generation —
+idempotent); retry when the store fails or another process raced on the same rows (unique
+constraint); dead when the payload is not an events envelope (a route without an event
+transformer) — retrying cannot fix it.
 """
 
 from __future__ import annotations
@@ -47,7 +48,10 @@ class TimelineDestination:
             return Outcome.dead("payload is not a parcours events envelope: route it through "
                                 "an event transformer (adt_events, oru_events, …)")
         try:
-            counts = await asyncio.to_thread(self.timeline.apply, envelope)
+            # The delivery's generation: a replay or an accepted mapping (generation + 1)
+            # replaces what the first routing applied; the same delivery again does not.
+            counts = await asyncio.to_thread(self.timeline.apply, envelope,
+                                             int(item.headers.get("generation") or 0))
         except (IntegrityError, OperationalError) as exc:
             return Outcome.retry(f"store conflict or unavailable: {type(exc).__name__}")
         except SQLAlchemyError as exc:

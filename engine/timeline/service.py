@@ -71,9 +71,10 @@ class Timeline:
 
     # -- writes (the destination) ---------------------------------------------------------
 
-    def apply(self, envelope: dict[str, Any]) -> dict[str, int]:
+    def apply(self, envelope: dict[str, Any], generation: int = 0) -> dict[str, int]:
+        """``generation``: the delivery's (0 for the first routing, + 1 per replay)."""
         with self.db.begin() as conn:
-            return self.applier.apply(conn, envelope)
+            return self.applier.apply(conn, envelope, generation)
 
     # -- access ---------------------------------------------------------------------------
 
