@@ -16,7 +16,7 @@ from decimal import Decimal
 from functools import lru_cache
 
 from loinc.canonical import CanonicalPolicy
-from loinc.catalogue import LOINC_SYSTEM_NAMES, Catalogue, LoincTerm
+from loinc.catalogue import LOINC_SYSTEM_NAMES, Catalogue, LoincTerm, is_valid_loinc_code
 from loinc.units import PROPERTY_FAMILY, UnitError, conversion_factor, family, normalise_unit
 from mappings.loader import MappingSet
 from transformers.lab.er7 import observations_from_oru
@@ -90,7 +90,7 @@ def _original(obx: RawObservation) -> Original:
 
 def _as_sent(
     obx: RawObservation, action: str, outcome: str, term: LoincTerm | None, *,
-    reason: str | None = None, notes: tuple[str, ...] = (),
+    reason: str | None = None, notes: tuple[str, ...] = (), loinc: str | None = None,
 ) -> NormalisedObservation:
     """The value, unit and range exactly as the laboratory sent them, with whatever LOINC
     term could be resolved: results kept as received, text/coded results, status X/D."""
@@ -99,7 +99,7 @@ def _as_sent(
         outcome=outcome,
         action=action,
         status=obx.result_status,
-        loinc=term.code if term else None,
+        loinc=term.code if term else loinc,
         display=term.long_common_name if term else obx.text,
         display_fr=term.display_fr if term else "",
         analyte=term.analyte if term else None,
@@ -145,6 +145,13 @@ def _backlog(sender: str, obx: RawObservation, reason: str) -> BacklogEntry:
         example_value=obx.value,
         reason=reason,
     )
+
+
+def _sent_as_loinc(obx: RawObservation, loinc: str) -> bool:
+    """The code came from OBX-3 (or its alternate, OBX-3.4-6) coded LOINC, not a mapping."""
+    return (obx.coding_system.strip().upper() in LOINC_SYSTEM_NAMES and obx.code.strip() == loinc
+            or obx.alt_coding_system.strip().upper() in LOINC_SYSTEM_NAMES
+            and obx.alt_code.strip() == loinc)
 
 
 def _resolve(
@@ -319,8 +326,15 @@ def _normalise_one(
         return _as_received(obx, action, "unmapped_code")
     term = catalogue.get(loinc)
     if term is None:
-        backlog.append(_backlog(sender, obx, "loinc_not_in_catalogue"))
-        return _as_received(obx, action, "loinc_not_in_catalogue")
+        if _sent_as_loinc(obx, loinc) and is_valid_loinc_code(loinc):
+            # A real LOINC code (OBX-3 coded LN, check digit right) outside the catalogue: it
+            # is kept as the LOINC code it is, value as sent, and noted — an operator has
+            # nothing to map, so it is no backlog entry with a guessed suggestion.
+            return _as_sent(obx, action, "as_received", None, reason="loinc_not_in_catalogue",
+                            notes=("not_in_catalogue",), loinc=loinc)
+        reason = "loinc_not_in_catalogue" if is_valid_loinc_code(loinc) else "invalid_loinc_code"
+        backlog.append(_backlog(sender, obx, reason))
+        return _as_received(obx, action, reason)
     if status in _NO_VALUE:
         return _kept(obx, term, action, "no_value")
     if obx.value_type.strip().upper() not in _NUMERIC_TYPES:
