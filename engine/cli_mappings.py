@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Any
 
@@ -75,17 +76,24 @@ def _suggest(args: argparse.Namespace, settings: Settings, store: Any) -> int:
                 print(f"{args.code}: not in the backlog; give --text (and --unit) to search",
                       file=sys.stderr)
                 return 1
-            entries = [{"sender": args.sender or "?", "code": args.code, "text": args.text,
+            entries = [{"sender": args.sender or "", "code": args.code, "text": args.text,
                         "unit": args.unit, "coding_system": ""}]
     for e in entries:
-        print(f"{e['sender']} {e['code']} “{e['text']}” {e['unit'] or ''}")
+        print(f"{e['sender'] or '(no sender)'} {e['code']} “{e['text']}” {e['unit'] or ''}")
         found = suggest(e["text"] or e["code"], catalogue=catalogue, unit=e["unit"] or None,
                         code=e["code"], limit=args.limit)
         if not found:
             print("    no candidate")
         for i, s in enumerate(found, start=1):
-            print(f"    {i}. {s.loinc:<8} {s.score:6.2f}  {s.display}")
-        print(f"    accept: parcours mappings accept {e['sender']!r} {e['code']!r} LOINC")
+            low = "" if s.confident else "  (low score: check before accepting)"
+            print(f"    {i}. {s.loinc:<8} {s.score:6.2f}  {s.display}{low}")
+        best = found[0].loinc if found and found[0].confident else "LOINC"
+        # A command the operator can paste as it is (shell-quoted); without a sender (a
+        # search with --text) the sender is a placeholder to fill in, never a literal "?".
+        sender = shlex.quote(e["sender"]) if e["sender"] else "SENDER"
+        print(f"    accept: parcours mappings accept {sender} {shlex.quote(e['code'])} {best}")
+        if not e["sender"]:
+            print("    (SENDER: the laboratory's MSH-4.1, as in `parcours mappings backlog`)")
     return 0
 
 

@@ -161,6 +161,10 @@ _BY_FAMILY: dict[str, dict[str, str]] = {
     "iu/l": {"catalytic_conc": "U/L", "arbitrary_conc": "[IU]/L"},
     "u/l": {"catalytic_conc": "U/L", "arbitrary_conc": "U/L"},
     "ku/l": {"catalytic_conc": "kU/L", "arbitrary_conc": "k[IU]/L"},
+    # UCUM written out: CR-BIO documents give enzyme activities as "[IU]/L" (CI-SIS CR-BIO
+    # examples); for a catalytic concentration that is the enzyme unit U/L, as "UI/L" above.
+    "[iu]/l": {"catalytic_conc": "U/L", "arbitrary_conc": "[IU]/L"},
+    "[iu]/ml": {"catalytic_conc": "U/mL", "arbitrary_conc": "[IU]/mL"},
     "%": {"fraction": "%"},
 }
 
@@ -170,8 +174,9 @@ _ANNOTATION_RE = re.compile(r"\{[^}]*\}")
 class UnitError(ValueError):
     """A unit that cannot be read, or a conversion that would need a guess.
 
-    ``reason`` is machine-readable: ``unknown_unit``, ``incompatible_units`` or
-    ``no_molar_mass``.
+    ``reason`` is machine-readable: ``unknown_unit``, ``incompatible_units``,
+    ``no_molar_mass`` or ``no_declared_conversion`` (the units are related by an equation or an
+    offset, not a ratio, and no equation is declared in ``data/equations.csv``).
     """
 
     def __init__(self, reason: str, message: str) -> None:
@@ -248,6 +253,9 @@ def family(ucum: str) -> str:
         frozenset({("[mass]", 1), ("[time]", -1)}): "mass_rate",
         frozenset({("[substance]", 1), ("[time]", -1)}): "substance_rate",
         frozenset({("[length]", -2)}): "per_area",
+        # Offset scales (Cel, [degF]): pint would turn an offset into a factor (1 Cel → 33.8
+        # [degF]); kept apart so that ``conversion_factor`` refuses them.
+        frozenset({("[temperature]", 1)}): "temperature",
     }
     return table.get(frozenset(dims.items()), "other")
 
@@ -308,6 +316,10 @@ def conversion_factor(source: str, target: str, molar_mass: float | None = None)
         raise UnitError("unknown_unit", f"cannot read {source!r} or {target!r} as UCUM")
     if _annotations(source) != _annotations(target) or "ph" in (src_family, dst_family):
         raise UnitError("incompatible_units", f"{source} cannot be converted to {target}")
+    if "temperature" in (src_family, dst_family):
+        # UCUM, "special units on non-ratio scales": Cel and [degF] are not multiples of K, so
+        # no factor exists; the offset is declared in data/equations.csv or refused.
+        raise UnitError("no_declared_conversion", f"{source} → {target} is not a ratio")
     src = _pint_unit(source)
     dst = _pint_unit(target)
     if src_family == dst_family:

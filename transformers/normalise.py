@@ -16,7 +16,7 @@ from decimal import Decimal
 from functools import lru_cache
 
 from loinc.canonical import CanonicalPolicy
-from loinc.catalogue import LOINC_SYSTEM_NAMES, Catalogue, LoincTerm
+from loinc.catalogue import LOINC_SYSTEM_NAMES, Catalogue, LoincTerm, is_valid_loinc_code
 from loinc.units import PROPERTY_FAMILY, UnitError, conversion_factor, family, normalise_unit
 from mappings.loader import MappingSet
 from transformers.lab.er7 import observations_from_oru
@@ -90,7 +90,7 @@ def _original(obx: RawObservation) -> Original:
 
 def _as_sent(
     obx: RawObservation, action: str, outcome: str, term: LoincTerm | None, *,
-    reason: str | None = None, notes: tuple[str, ...] = (),
+    reason: str | None = None, notes: tuple[str, ...] = (), loinc: str | None = None,
 ) -> NormalisedObservation:
     """The value, unit and range exactly as the laboratory sent them, with whatever LOINC
     term could be resolved: results kept as received, text/coded results, status X/D."""
@@ -99,7 +99,7 @@ def _as_sent(
         outcome=outcome,
         action=action,
         status=obx.result_status,
-        loinc=term.code if term else None,
+        loinc=term.code if term else loinc,
         display=term.long_common_name if term else obx.text,
         display_fr=term.display_fr if term else "",
         analyte=term.analyte if term else None,
@@ -147,6 +147,13 @@ def _backlog(sender: str, obx: RawObservation, reason: str) -> BacklogEntry:
     )
 
 
+def _sent_as_loinc(obx: RawObservation, loinc: str) -> bool:
+    """The code came from OBX-3 (or its alternate, OBX-3.4-6) coded LOINC, not a mapping."""
+    return (obx.coding_system.strip().upper() in LOINC_SYSTEM_NAMES and obx.code.strip() == loinc
+            or obx.alt_coding_system.strip().upper() in LOINC_SYSTEM_NAMES
+            and obx.alt_code.strip() == loinc)
+
+
 def _resolve(
     obx: RawObservation, sender: str, mappings: MappingSet
 ) -> tuple[str | None, str | None]:
@@ -174,11 +181,15 @@ def _format_range(low: Decimal | None, high: Decimal | None, source: ReferenceRa
 
 @lru_cache(maxsize=8192)
 def _converted_range(
-    reference: ReferenceRange, factor: Decimal
+    reference: ReferenceRange, factor: Decimal, offset: Decimal = Decimal(0)
 ) -> tuple[Decimal | None, Decimal | None, str]:
-    """Bounds of OBX-7 in the canonical unit (cached: a lab sends the same ranges all day)."""
-    low = convert(reference.low, factor) if reference.low is not None else None
-    high = convert(reference.high, factor) if reference.high is not None else None
+    """Bounds of OBX-7 in the canonical unit (cached: a lab sends the same ranges all day).
+
+    The same conversion as the value, equation included: declared equations are increasing
+    (``loinc.canonical.load_equations``), so the bounds keep their order and the flag its side.
+    """
+    low = convert(reference.low, factor, offset=offset) if reference.low is not None else None
+    high = convert(reference.high, factor, offset=offset) if reference.high is not None else None
     return low, high, _format_range(low, high, reference)
 
 
@@ -212,12 +223,13 @@ def _derive_flag(
     return "N"
 
 
-_Plan = tuple[LoincTerm, str, Decimal, tuple[str, ...]]
+_Plan = tuple[LoincTerm, str, Decimal, Decimal, tuple[str, ...]]
 _plans: dict[tuple[int, str, str], _Plan | str] = {}
 
 
 def _unit_plan(policy: CanonicalPolicy, term: LoincTerm, raw_unit: str) -> _Plan | str:
-    """(target term, target unit, factor, notes) for a code and unit, or the reason it fails.
+    """(target term, target unit, factor, offset, notes) for a code and unit, or the reason
+    it fails (the value in the target unit is ``value × factor + offset``).
 
     Cached per (policy, code, unit as written): a laboratory sends the same few hundred
     code/unit pairs all day, so UCUM parsing and pint run once per pair, not per result.
@@ -246,12 +258,21 @@ def _compute_plan(policy: CanonicalPolicy, term: LoincTerm, raw_unit: str) -> _P
         return exc.reason
 
     # LOINC property follows the unit (brief, Clarifications): a glucose sent in mmol/L under
-    # the mass code 2345-7 is a moles result; it is recoded before anything else.
+    # the mass code 2345-7 is a moles result; it is recoded before anything else. Where the
+    # unit's dimension cannot tell two codes apart (HbA1c IFCC mmol/mol and NGSP %, both
+    # fractions), the declared equations say which code the unit fixes.
+    declared = policy.code_for_unit(term, source_unit)
+    if declared is not None:
+        term = declared
+        target = policy.target(term)
+        notes.append("recoded_to_unit_property")
     source_family = family(source_unit)
     wanted_family = PROPERTY_FAMILY.get(term.property)
     if (
         wanted_family is not None
         and source_family != wanted_family
+        # the unit the code itself gives (14585-4 in mg/mmol{creat}) always fits it
+        and source_unit != policy.own_unit(term)
         and not (wanted_family == "arbitrary_conc" and source_family == "catalytic_conc")
     ):
         prop = _FAMILY_PROPERTY.get(source_family)
@@ -266,13 +287,27 @@ def _compute_plan(policy: CanonicalPolicy, term: LoincTerm, raw_unit: str) -> _P
         target_term, target_unit = term, source_unit
     else:
         target_term, target_unit = target.term, target.unit
-    try:
-        factor = conversion_factor(source_unit, target_unit, policy.molar_mass(term))
-    except UnitError as exc:
-        return exc.reason
+    offset = Decimal(0)
+    equation = policy.equation(term, source_unit, target_unit) if source_unit != target_unit \
+        else None
+    if equation is not None:
+        factor, offset = equation
+        notes.append("converted_by_declared_equation")
+    else:
+        # A ratio of units is only right between codes of one property, or mass ↔ substance
+        # through a molar mass; any other change of property (substance fraction → mass
+        # fraction) is a different quantity that no factor relates.
+        if (target_term.property != term.property
+                and {PROPERTY_FAMILY.get(term.property), PROPERTY_FAMILY.get(
+                    target_term.property)} != {"mass_conc", "substance_conc"}):
+            return "no_declared_conversion"
+        try:
+            factor = conversion_factor(source_unit, target_unit, policy.molar_mass(term))
+        except UnitError as exc:
+            return exc.reason
     if target_term.code != term.code:
         notes.append("recoded_to_canonical_unit")
-    return target_term, target_unit, factor, tuple(notes)
+    return target_term, target_unit, factor, offset, tuple(notes)
 
 
 def _normalise_one(
@@ -291,8 +326,15 @@ def _normalise_one(
         return _as_received(obx, action, "unmapped_code")
     term = catalogue.get(loinc)
     if term is None:
-        backlog.append(_backlog(sender, obx, "loinc_not_in_catalogue"))
-        return _as_received(obx, action, "loinc_not_in_catalogue")
+        if _sent_as_loinc(obx, loinc) and is_valid_loinc_code(loinc):
+            # A real LOINC code (OBX-3 coded LN, check digit right) outside the catalogue: it
+            # is kept as the LOINC code it is, value as sent, and noted — an operator has
+            # nothing to map, so it is no backlog entry with a guessed suggestion.
+            return _as_sent(obx, action, "as_received", None, reason="loinc_not_in_catalogue",
+                            notes=("not_in_catalogue",), loinc=loinc)
+        reason = "loinc_not_in_catalogue" if is_valid_loinc_code(loinc) else "invalid_loinc_code"
+        backlog.append(_backlog(sender, obx, reason))
+        return _as_received(obx, action, reason)
     if status in _NO_VALUE:
         return _kept(obx, term, action, "no_value")
     if obx.value_type.strip().upper() not in _NUMERIC_TYPES:
@@ -307,15 +349,15 @@ def _normalise_one(
     if isinstance(plan, str):
         backlog.append(_backlog(sender, obx, plan))
         return _as_received(obx, action, plan, term)
-    target_term, target_unit, factor, notes = plan
+    target_term, target_unit, factor, offset, notes = plan
     notes = list(notes)
 
-    value = convert(quantity.value, factor)
+    value = convert(quantity.value, factor, offset=offset)
     low = high = None
     reference_text = ""
     reference = parse_range(obx.reference_range)
     if reference is not None:
-        low, high, reference_text = _converted_range(reference, factor)
+        low, high, reference_text = _converted_range(reference, factor, offset)
     elif obx.reference_range.strip():
         reference_text = obx.reference_range
         notes.append("reference_range_unparsed")

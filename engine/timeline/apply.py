@@ -1,9 +1,12 @@
 """Apply an events envelope to the timeline, idempotently, in one transaction.
 
 Idempotency (design brief: at-least-once delivery, exactly-once effect): each event is keyed
-by (message id, event type, event key) in `applied_events`; an event already applied is
-skipped, so a redelivery, a crash between apply and the outbox update, or an operator's
-replay changes nothing. Per-patient order is given by the delivery runner; what arrives out
+by (message id, event type, event key) in `applied_events`, with the delivery generation that
+applied it. The same generation again (a redelivery, a crash between apply and the outbox
+update) is skipped, and so is an older one arriving late; a newer generation (an operator's
+replay, a reprocess, an accepted mapping) is applied again and replaces what readers see —
+brief: "idempotency means the same delivery again has no effect, not that a newer version of
+it is ignored". Per-patient order is given by the delivery runner; what arrives out
 of order *semantically* (a cancellation before the movement it cancels, a replacement before
 its parent) is kept as a tombstone the later message finds.
 """
@@ -73,22 +76,32 @@ class Applier:
 
     # -- entry point ----------------------------------------------------------------------
 
-    def apply(self, conn: Connection, env: dict[str, Any]) -> dict[str, int]:
-        """Apply one envelope; returns counts (applied, skipped). Raises on bad input."""
+    def apply(self, conn: Connection, env: dict[str, Any], generation: int = 0
+              ) -> dict[str, int]:
+        """Apply one envelope of delivery ``generation``; returns counts (applied, skipped).
+        Raises on bad input."""
         if env.get("format") != "parcours.events":
             raise ValueError("payload is not a parcours events envelope")
         message_id = int(env["message_id"])
         events: list[dict[str, Any]] = env.get("events") or []
-        todo = [e for e in events if not self._applied(conn, message_id, e)]
+        seen = {id(e): self._applied(conn, message_id, e) for e in events}
+        todo = [e for e in events if seen[id(e)] is None or seen[id(e)] < generation]
         if not todo or env.get("patient") is None:
             return {"applied": 0, "skipped": len(events)}
         block = env["patient"]
         received = ts((env.get("source") or {}).get("received_at")) or datetime.now(UTC)
         self._serialise_identities(conn, block, todo)
         for ev in todo:
-            conn.execute(insert(applied_events).values(
-                message_id=message_id, event_type=ev["type"], event_key=ev["key"][:512],
-                applied_at=datetime.now(UTC)))
+            if seen[id(ev)] is None:
+                conn.execute(insert(applied_events).values(
+                    message_id=message_id, event_type=ev["type"], event_key=ev["key"][:512],
+                    applied_at=datetime.now(UTC), generation=generation))
+            else:
+                conn.execute(update(applied_events).where(
+                    applied_events.c.message_id == message_id,
+                    applied_events.c.event_type == ev["type"],
+                    applied_events.c.event_key == ev["key"][:512]).values(
+                    applied_at=datetime.now(UTC), generation=generation))
         for ev in todo:  # A47 renames before the patient is looked up by its new id
             if ev["type"] == "change_identifier":
                 identity.change_identifier(conn, block, ev["absorbed"], message_id)
@@ -152,11 +165,13 @@ class Applier:
             conn.execute(text("SELECT pg_advisory_xact_lock(:space, :key)"),
                          {"space": IDENTITY_LOCK_SPACE, "key": k})
 
-    def _applied(self, conn: Connection, message_id: int, ev: dict[str, Any]) -> bool:
-        return conn.execute(select(applied_events.c.message_id).where(
+    def _applied(self, conn: Connection, message_id: int, ev: dict[str, Any]) -> int | None:
+        """The generation that applied this event of this message, None if none did."""
+        found = conn.execute(select(applied_events.c.generation).where(
             applied_events.c.message_id == message_id,
             applied_events.c.event_type == ev["type"],
-            applied_events.c.event_key == ev["key"][:512])).first() is not None
+            applied_events.c.event_key == ev["key"][:512])).scalar()
+        return None if found is None else int(found)
 
     # -- generic timeline event row -------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """The `timeline` destination: applies events envelopes to the timeline tables.
 
-Outcomes: delivered when applied (or already applied — idempotent); retry when the store
-fails or another process raced on the same rows (unique constraint); dead when the payload
-is not an events envelope (a route without an event transformer) — retrying cannot fix it.
+Outcomes: delivered when applied (or already applied by this or a newer generation —
+idempotent); retry when the store fails or another process raced on the same rows (unique
+constraint); dead when the payload is not an events envelope (a route without an event
+transformer) — retrying cannot fix it.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ class TimelineDestination:
         if todo:
             try:
                 results = await asyncio.to_thread(
-                    self.timeline.apply_many, [(order_key(items[i]), env) for i, env in todo])
+                    self.timeline.apply_many,
+                    [(order_key(items[i]), env, int(items[i].headers.get("generation") or 0))
+                     for i, env in todo])
             except SQLAlchemyError as exc:  # the batch's own commit failed: all retry
                 results = [exc] * len(todo)
             for (i, _env), result in zip(todo, results, strict=True):

@@ -294,6 +294,8 @@ applied_events = Table(
     Column("event_type", String(32), primary_key=True),  # change_identifier is 17
     Column("event_key", String(512), primary_key=True),
     Column("applied_at", TS, nullable=False),
+    # The delivery generation applied last (0 = first routing, + 1 per replay/reprocess).
+    Column("generation", Integer, nullable=False, server_default="0"),
 )
 
 Index("ix_care_circle_patient_professional", care_circle.c.patient_id,

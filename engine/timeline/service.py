@@ -79,26 +79,27 @@ class Timeline:
 
     # -- writes (the destination) ---------------------------------------------------------
 
-    def apply(self, envelope: dict[str, Any]) -> dict[str, int]:
+    def apply(self, envelope: dict[str, Any], generation: int = 0) -> dict[str, int]:
+        """``generation``: the delivery's (0 for the first routing, + 1 per replay)."""
         with self.db.begin() as conn:
-            return self.applier.apply(conn, envelope)
+            return self.applier.apply(conn, envelope, generation)
 
-    def apply_many(self, envelopes: list[tuple[str, dict[str, Any]]]
+    def apply_many(self, envelopes: list[tuple[str, dict[str, Any], int]]
                    ) -> list[dict[str, int] | Exception | None]:
-        """Apply (order key, envelope) pairs in order in one transaction (one commit, one
-        hold of SQLite's write lock), each inside its own savepoint: an envelope that fails is
+        """Apply (order key, envelope, generation) triples in order in one transaction (one
+        commit, one hold of SQLite's write lock), each inside its own savepoint: one that fails is
         rolled back alone and reported as its exception, the later envelopes of the same key
         are not applied (None: they wait behind it), the others commit together."""
         out: list[dict[str, int] | Exception | None] = []
         stopped: set[str] = set()
         with self.db.begin() as conn:
-            for key, env in envelopes:
+            for key, env, generation in envelopes:
                 if key in stopped:
                     out.append(None)
                     continue
                 try:
                     with conn.begin_nested():
-                        out.append(self.applier.apply(conn, env))
+                        out.append(self.applier.apply(conn, env, generation))
                 except Exception as exc:  # reported per envelope; the batch goes on
                     out.append(exc)
                     stopped.add(key)

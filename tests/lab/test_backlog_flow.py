@@ -104,3 +104,64 @@ async def test_three_labs_one_series_and_the_backlog(make_engine: Any, tmp_path:
     assert code not in after.stdout
     bad = await asyncio.to_thread(cli, "accept", entry["sender"], "XYZ", "1234-0")
     assert bad.returncode == 1 and "refused" in bad.stderr
+
+
+async def test_suggest_without_a_sender_prints_a_command_that_works(
+        make_engine: Any, tmp_path: Path, store_url: str) -> None:
+    """Issue #15: `suggest CODE --text` for a code not in the backlog printed `accept '?'`;
+    the printed command names a SENDER placeholder, and once filled in it works. Low scores
+    are marked, and a LOINC-style label keeps its analyte."""
+    mapping_dir = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", mapping_dir, ignore=shutil.ignore_patterns("*.py"))
+    out = tmp_path / "out"
+    rf = tmp_path / "routes.yaml"
+    rf.write_text(routes(out))
+    eng = await make_engine(rf.read_text(), route=True, store_url=store_url,
+                            extra_env={"PARCOURS_MAPPINGS_DIR": str(mapping_dir)})
+    env = {"PARCOURS_STORE_URL": eng.store.url, "PARCOURS_MAPPINGS_DIR": str(mapping_dir),
+           "PARCOURS_ROUTES": str(rf), "PATH": "/usr/bin:/bin"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*PARCOURS, "mappings", *args], capture_output=True, text=True,
+                              env=env, timeout=120)
+
+    sugg = await asyncio.to_thread(cli, "suggest", "UREM", "--text",
+                                   "Urée [Moles/Volume] Sérum/Plasma ; Numérique",
+                                   "--unit", "mmol/L")
+    assert sugg.returncode == 0, sugg.stderr
+    assert " 1. 22664-7" in sugg.stdout and "'?'" not in sugg.stdout
+    [command] = [line.split("accept: ", 1)[1] for line in sugg.stdout.splitlines()
+                 if "accept: " in line]
+    assert command == "parcours mappings accept SENDER UREM 22664-7"
+    args = command.split()[3:]
+    args[0] = "LABO-BIO-PARIS15"
+    acc = await asyncio.to_thread(cli, "accept", *args)
+    assert acc.returncode == 0, acc.stdout + acc.stderr
+    assert "UREM" in (mapping_dir / "labo-bio-paris15.yaml").read_text()
+
+    weak = await asyncio.to_thread(cli, "suggest", "AGLOB", "--text",
+                                   "Alpha-1 globulines [Masse/Volume] Sérum/Plasma ; "
+                                   "Numérique ; Electrophorèse", "--unit", "g/L")
+    assert "(low score: check before accepting)" in weak.stdout
+    assert "accept SENDER AGLOB LOINC" in weak.stdout  # nothing pre-filled
+
+
+async def test_a_loinc_code_outside_the_subset_is_kept_and_not_backlogged(
+        make_engine: Any, tmp_path: Path, store_url: str) -> None:
+    out = tmp_path / "out"
+    eng = await make_engine(routes(out), route=True, store_url=store_url)
+    raw = ("MSH|^~\\&|SIL|LABO-BIO-PARIS15|PARCOURS|X|20250114093000||ORU^R01^ORU_R01|COV-1|P"
+           "|2.5.1\rPID|1||COV0001^^^PARCOURS-DEMO^PI||PATIENT^COV||19700101|F\r"
+           "OBR|1|O-1|R-1|COVID^Covid^L|||20250114080000\r"
+           "OBX|1|CWE|94558-4^SARS-CoV-2 Ag Resp Ql IA.rapid^LN||260385009^Negative^SCT"
+           "||||||F\r")
+    async with MLLPClient("127.0.0.1", eng.port()) as c:
+        assert read_ack(await c.send(raw.encode()))[0] in ("AA", "CA")
+    await wait_status(eng, 1)
+    [doc] = [json.loads(p.read_text()) for p in out.glob("*_g0.json")]
+    [obs] = doc["observations"]
+    assert (obs["loinc"], obs["reason"], obs["notes"]) == (
+        "94558-4", "loinc_not_in_catalogue", ["not_in_catalogue"])
+    from engine.backlog import open_entries
+
+    assert await asyncio.to_thread(open_entries, eng.store) == []

@@ -303,3 +303,24 @@ def test_ans_crbio_glucose_in_both_units_gives_the_same_canonical_value(
     values = [o.value for o in result.observations]
     # 0.88 g/L has two significant figures: ±0.005 g/L is ±0.028 mmol/L
     assert max(values) - min(values) <= Decimal("0.028")  # type: ignore[operator]
+
+
+def test_valid_loinc_outside_the_catalogue_is_kept_not_backlogged(
+    catalogue: Catalogue, mappings: MappingSet
+) -> None:
+    """Issue #15: 94558-4 (SARS-CoV-2 Ag, OBX-3 coded LN, check digit right) is not in the
+    subset: kept as LOINC, value as sent, noted; no backlog entry (nothing to map)."""
+    obx = RawObservation(set_id="1", value_type="CWE", code="94558-4",
+                         text="SARS-CoV-2 Ag Resp Ql IA.rapid", coding_system="LN",
+                         value="260385009^Negative^SCT", result_status="F")
+    result = _one(obx, catalogue, mappings)
+    [out] = result.observations
+    assert (out.loinc, out.outcome, out.reason) == ("94558-4", "as_received",
+                                                    "loinc_not_in_catalogue")
+    assert out.notes == ("not_in_catalogue",) and out.value_text == obx.value
+    assert result.backlog == []
+    # a wrong check digit is no LOINC code: to the backlog, said so
+    bad = _one(RawObservation(set_id="1", value_type="NM", code="94558-5", coding_system="LN",
+                              value="1", units="1", result_status="F"), catalogue, mappings)
+    assert bad.observations[0].loinc is None
+    assert [b.reason for b in bad.backlog] == ["invalid_loinc_code"]

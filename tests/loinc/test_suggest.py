@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 
 from loinc.catalogue import Catalogue
-from loinc.suggest import fold, suggest
+from loinc.suggest import LabelAxes, fold, parse_axes, suggest
 
 from .conftest import DATA
 
@@ -46,5 +46,66 @@ def test_quality_on_the_labelled_set(catalogue: Catalogue) -> None:
         ranked = [s.loinc for s in suggest(row["label"], unit=row["unit"], catalogue=catalogue)]
         top1 += ranked[:1] == [row["expected"]]
         top5 += row["expected"] in ranked[:5]
-    assert top1 / len(rows) >= 0.80, (top1, len(rows))
+    assert top1 / len(rows) >= 0.90, (top1, len(rows))
     assert top5 / len(rows) >= 0.95, (top5, len(rows))
+
+
+CISIS = DATA / "suggest_cisis.csv"
+
+
+def _rows(path: object) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8") as handle:  # type: ignore[call-overload]
+        return list(csv.DictReader(line for line in handle if not line.startswith("#")))
+
+
+def test_loinc_style_labels_keep_their_analyte(catalogue: Catalogue) -> None:
+    """Issue #15: the axes of a LOINC-style label (ANS value sets, CR-BIO) are read."""
+    urea = suggest("Urée [Moles/Volume] Sérum/Plasma ; Numérique", unit="mmol/L",
+                   catalogue=catalogue)
+    assert urea[0].loinc == "22664-7" and urea[0].confident
+    creat = suggest("Créatininémie [Moles/Volume]", catalogue=catalogue)
+    assert creat[0].loinc == "14682-9"
+    colon = suggest("Glucose:Masse/Volume:Ponctuel:Sang capillaire:Numérique:",
+                    catalogue=catalogue)
+    assert colon[0].loinc == "32016-8"
+    assert parse_axes("GLY") is None
+    axes = parse_axes("Fibrinogène:Masse/Volume:Ponctuel:Plasma pauvre en plaquettes:"
+                      "Numérique:Coagulation")
+    assert axes == LabelAxes("Fibrinogène", "MCnc", "PPP", "Qn", "Coag")
+
+
+def test_ucum_iu_is_the_enzyme_unit(catalogue: Catalogue) -> None:
+    """CR-BIO writes enzyme activities in [IU]/L: the same score as U/L."""
+    iu = suggest("ASAT", unit="[IU]/L", catalogue=catalogue)
+    u = suggest("ASAT", unit="U/L", catalogue=catalogue)
+    assert iu[0].loinc == u[0].loinc == "1920-8"
+    assert iu[0].score == u[0].score and iu[0].components["unit"] > 0
+
+
+def test_urine_counts_never_rank_blood_codes(catalogue: Catalogue) -> None:
+    blood = {t.code for t in catalogue if t.system.startswith("Bld")}
+    for label, unit in (("Leucocytes [Nombre/Volume] Urine ; Numérique", "/mL"),
+                        ("Érythrocytes [Nombre/Volume] Urine ; Numérique", "/uL"),
+                        ("Leucocytes urinaires", "/mL"), ("Hématies urines", "/mL")):
+        ranked = suggest(label, unit=unit, catalogue=catalogue)
+        assert not blood & {s.loinc for s in ranked}, (label, ranked)
+
+
+def test_low_scores_are_not_confident(catalogue: Catalogue) -> None:
+    """Alpha-1 globulins (not in the subset) share words, unit and specimen with
+    alpha-1-fetoprotein: shown, never pre-selected."""
+    ranked = suggest("Alpha-1 globulines [Masse/Volume] Sérum/Plasma ; Numérique ; "
+                     "Electrophorèse", unit="g/L", catalogue=catalogue)
+    assert ranked and not any(s.confident for s in ranked)
+    assert not suggest("Zzz", catalogue=catalogue)
+
+
+def test_top1_on_the_ci_sis_labels(catalogue: Catalogue) -> None:
+    """ANS value-set and CR-BIO display names whose code is in the subset: top-1 >= 90 %
+    (figure recorded in docs/loinc.md)."""
+    rows = [r for r in _rows(CISIS) if r["in_catalogue"] == "yes"]
+    assert len(rows) >= 45
+    top1 = sum(suggest(r["label"], unit=r["unit"] or None, catalogue=catalogue)[:1]
+               and suggest(r["label"], unit=r["unit"] or None, catalogue=catalogue)[0].loinc
+               == r["expected"] for r in rows)
+    assert top1 / len(rows) >= 0.90, (top1, len(rows))

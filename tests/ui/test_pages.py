@@ -161,6 +161,9 @@ async def test_backlog_accept_maps_and_reprocesses(make_engine: Any, tmp_path: P
         sender, code = first.groups()
         best = re.search(r'name="loinc" value="([^"]+)" checked', page.text)
         assert best
+        # issue #15: a low-score candidate is shown, marked, and never pre-selected
+        assert not re.search(r'checked>\s*<b class="mono">[^<]+</b>[^<]*'
+                             r'<span class="muted">score [-\d.]+ · low', page.text)
         bad = await c.post("/ui/backlog/accept", data={
             "csrf": csrf_of(page.text), "sender": sender, "code": code,
             "loinc_other": "1234-0"})

@@ -56,9 +56,32 @@ class NotCDA(ValueError):
     pass
 
 
+CLINICAL_DOCUMENT = "{urn:hl7-org:v3}ClinicalDocument"
+XSL_NS = "http://www.w3.org/1999/XSL/Transform"
+
+
+def clinical_document(root: etree._Element) -> etree._Element:
+    """The ClinicalDocument of a parsed file: the root itself, or the one an ANS
+    "auto-présentable" CDA carries inside its XSL stylesheet (a top-level data element,
+    XSLT 1.0 §2.2, which the stylesheet renders from ``document('')``).
+
+    Only the element is read: the stylesheet is never run, and the file was parsed with the
+    safe parser (no DTD, no entities, no network) like any other document.
+    """
+    if root.tag == CLINICAL_DOCUMENT:
+        return root
+    if etree.QName(root).namespace == XSL_NS and etree.QName(root).localname in (
+            "stylesheet", "transform"):
+        found = list(root.iter(CLINICAL_DOCUMENT))
+        if len(found) == 1:
+            return found[0]
+        raise NotCDA(f"XSL stylesheet carries {len(found)} ClinicalDocument elements, "
+                     "expected one (ANS auto-présentable CDA)")
+    raise NotCDA(f"root element is {etree.QName(root).localname}, not ClinicalDocument")
+
+
 def read_header(root: etree._Element) -> CDAHeader:
-    if root.tag != "{urn:hl7-org:v3}ClinicalDocument":
-        raise NotCDA(f"root element is {etree.QName(root).localname}, not ClinicalDocument")
+    root = clinical_document(root)
     doc_id = root.find("cda:id", NS)
     if doc_id is None or not doc_id.get("root"):
         raise NotCDA("ClinicalDocument/id is missing")

@@ -14,7 +14,7 @@ from typing import Any
 
 from lxml import etree
 
-from transformers.cda.header import NS, NotCDA, read_header
+from transformers.cda.header import NS, NotCDA, clinical_document, read_header
 from transformers.cda.safe_xml import MAX_DOCUMENT_BYTES, UnsafeXML, parse
 from transformers.exchange import Exchange
 from transformers.hl7.header import INS_OIDS
@@ -34,7 +34,7 @@ def _id(el: etree._Element | None) -> str:
 def read_document(data: bytes, max_bytes: int = MAX_DOCUMENT_BYTES) -> dict[str, Any]:
     """Parse a CDA safely and return its header as plain data; EventError says why not."""
     try:
-        root = parse(data, max_bytes)
+        root = clinical_document(parse(data, max_bytes))
         header = read_header(root)
     except (UnsafeXML, NotCDA) as exc:
         raise EventError(f"CDA document refused: {exc}") from None

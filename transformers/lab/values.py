@@ -141,17 +141,20 @@ def round_significant(value: Decimal, figures: int) -> Decimal:
     return rounded
 
 
-def convert(value: Decimal, factor: Decimal, *, figures: int | None = None) -> Decimal:
-    """``value × factor`` rounded to the precision of ``value`` (at least 3 figures).
+def convert(value: Decimal, factor: Decimal, *, offset: Decimal = Decimal(0),
+            figures: int | None = None) -> Decimal:
+    """``value × factor + offset`` rounded to the precision of ``value`` (at least 3 figures).
+
+    ``offset`` is non-zero only for a declared equation (HbA1c IFCC → NGSP, Cel → [degF]).
 
     Why at least 3: a unit change moves the decimal point, and an input written ``10`` mg/L
     (one figure by the strict rule) would become 90 µmol/L, losing what the lab measured; three
     figures is the resolution laboratories report for these analytes (88.4 µmol/L).
     """
-    if factor == 1:
+    if factor == 1 and not offset:
         return value
     wanted = figures if figures is not None else max(significant_figures(value), MIN_SIGNIFICANT)
-    return round_significant(value * factor, wanted)
+    return round_significant(value * factor + offset, wanted)
 
 
 def format_decimal(value: Decimal) -> str:
