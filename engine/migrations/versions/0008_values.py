@@ -3,7 +3,7 @@ operator's replay, a reprocess or an accepted mapping (generation + 1) replaces 
 see, while the same delivery again still changes nothing.
 
 Revision ID: 0008_values
-Revises: 0005_dmp_feed
+Revises: 0007_identity
 Create Date: 2026-11-30
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008_values"
-down_revision = "0005_dmp_feed"
+down_revision = "0007_identity"
 branch_labels = None
 depends_on = None
 
