@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,52 +37,23 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+from harness import (  # bench/harness.py: the message, load and /proc reading all scripts use
+    CR,
+    FS,
+    OBX,
+    VT,
+    free_port,
+    load,
+    machine,
+    oru,
+    process_cpu,
+    serve_python_hl7,
+    wait_port,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVED_HERE = ("bare", "hl7", "listener", "decide")  # run by this script with --serve
-VT, FS, CR = b"\x0b", b"\x1c", b"\r"
-
-# -- the message ---------------------------------------------------------------------------
-
-OBX = [  # LOINC, name, value, unit, range, flag: a basic metabolic panel plus CBC
-    ("2345-7", "Glucose", "5.4", "mmol/L", "3.9-6.1", "N"),
-    ("2160-0", "Creatinine", "88", "umol/L", "62-106", "N"),
-    ("3094-0", "Urea nitrogen", "6.1", "mmol/L", "2.5-7.5", "N"),
-    ("2951-2", "Sodium", "139", "mmol/L", "136-145", "N"),
-    ("2823-3", "Potassium", "4.9", "mmol/L", "3.5-5.1", "N"),
-    ("2075-0", "Chloride", "101", "mmol/L", "98-107", "N"),
-    ("1963-8", "Bicarbonate", "24", "mmol/L", "22-29", "N"),
-    ("17861-6", "Calcium", "2.31", "mmol/L", "2.15-2.55", "N"),
-    ("718-7", "Hemoglobin", "13.2", "g/dL", "13.0-17.0", "N"),
-    ("6690-2", "Leukocytes", "11.8", "10*9/L", "4.0-10.0", "H"),
-    ("777-3", "Platelets", "250", "10*9/L", "150-400", "N"),
-    ("4544-3", "Hematocrit", "41", "%", "40-50", "N"),
-]
-
-
-def oru(control_id: str) -> bytes:
-    """A realistic lab result: MSH, PID with INS and local id, PV1, ORC, OBR, 12 OBX, NTE."""
-    segs = [
-        f"MSH|^~\\&|LABO-SIL|BIO-PARIS15|PARCOURS|ARS-IDF|20261125101500+0100||ORU^R01^ORU_R01|"
-        f"{control_id}|P|2.5.1|||||FRA|UNICODE UTF-8",
-        "PID|1||0123456789^^^BIO-PARIS15&1.2.250.1.71.4.2.1&ISO^PI~"
-        "180017512345678^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO^INS||"
-        "MARTIN^CLAIRE^^^^^L~DUPUIS^CLAIRE^^^^^M||19740312|F|||12 RUE DE VAUGIRARD^^PARIS^^75015"
-        "^FRA^H||^PRN^PH^^^^^^^^^0145678901",
-        "PV1|1|O|LAB^^^BIO-PARIS15||||10003456789^DURAND^PAUL^^^DR^^^ASIP-SANTE-PS&"
-        "1.2.250.1.71.4.2.1&ISO^L^^^RPPS",
-        "ORC|RE|CMD-20261125-0042^LABO-SIL|26112500042^LABO-SIL||CM||||20261125081000",
-        "OBR|1|CMD-20261125-0042^LABO-SIL|26112500042^LABO-SIL|24323-8^Comprehensive metabolic"
-        " panel^LN|||20261125074500|||||||20261125080000||10003456789^DURAND^PAUL^^^DR|||||||"
-        "20261125101400||CH|F",
-    ]
-    for i, (code, name, value, unit, ref, flag) in enumerate(OBX, 1):
-        segs.append(
-            f"OBX|{i}|NM|{code}^{name}^LN^{i:04d}^{name.upper()}^L||{value}|{unit}^{unit}^UCUM|"
-            f"{ref}|{flag}|||F|||20261125074500||AUTOMATE^COBAS-8000|||20261125100000"
-        )
-    segs.append("NTE|1|L|Prélèvement à jeun. Résultats validés par le biologiste.")
-    return ("\r".join(segs) + "\r").encode("utf-8")
-
+__all__ = ["OBX", "machine", "oru"]  # bench/ack.py and bench/store_floor.py import them here
 
 # -- servers (a) and (b), each run with `bench/intake.py --serve KIND --port P` ---------------
 
@@ -113,45 +82,7 @@ async def serve_bare(port: int) -> None:
         await server.serve_forever()
 
 
-async def serve_python_hl7(port: int) -> None:
-    import hl7.mllp
-
-    async def client(reader: hl7.mllp.HL7StreamReader, writer: hl7.mllp.HL7StreamWriter) -> None:
-        try:
-            while True:
-                message = await reader.readmessage()  # hl7.parse of the whole message
-                writer.writemessage(message.create_ack())
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await hl7.mllp.start_hl7_server(client, "127.0.0.1", port, encoding="utf-8")
-    async with server:
-        await server.serve_forever()
-
-
 # -- launching servers ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"server on port {port} not ready after {timeout} s")
 
 
 class Server:
@@ -265,73 +196,18 @@ class Result:
         return lat[min(len(lat) - 1, int(q * len(lat)))] * 1000
 
 
-async def one_connection(port: int, payloads: list[bytes], latencies: list[float]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    clock = time.perf_counter
-    buf = b""
-    try:
-        for payload in payloads:
-            t0 = clock()
-            writer.write(VT + payload + FS + CR)
-            while True:
-                end = buf.find(FS)
-                if end >= 0:
-                    ack, buf = buf[:end], buf[end + 2 :]
-                    break
-                data = await reader.read(65536)
-                if not data:
-                    raise ConnectionError("server closed the connection")
-                buf += data
-            latencies.append(clock() - t0)
-            if b"MSA|AA|" not in ack and b"MSA|CA|" not in ack:
-                raise RuntimeError(f"not an AA: {ack[:200]!r}")
-    finally:
-        writer.close()
-
-
-async def load(port: int, connections: int, payloads: list[bytes]) -> tuple[float, list[float]]:
-    parts = [payloads[i::connections] for i in range(connections)]
-    latencies: list[float] = []
-    t0 = time.perf_counter()
-    await asyncio.gather(*(one_connection(port, p, latencies) for p in parts))
-    return time.perf_counter() - t0, latencies
-
-
 def run(server: Server, connections: int, n: int, run_id: str) -> Result:
     warmup = [oru(f"W{run_id}{connections}-{i}") for i in range(min(500, n // 5 + 1))]
     payloads = [oru(f"B{run_id}{connections}-{i}") for i in range(n)]
     asyncio.run(load(server.port, connections, warmup))
     assert server.proc is not None
     before = process_cpu(server.proc.pid)
-    seconds, latencies = asyncio.run(load(server.port, connections, payloads))
+    done = asyncio.run(load(server.port, connections, payloads))
     used = process_cpu(server.proc.pid) - before
-    return Result(server.label, connections, n, seconds, latencies, used)
-
-
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads (proc(5): fields 14 and 15)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return float("nan")
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return Result(server.label, connections, n, done.seconds, done.latencies, used)
 
 
 # -- report --------------------------------------------------------------------------------
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}")
 
 
 def table(results: list[Result]) -> str:

@@ -22,31 +22,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+from harness import Engine, load, pg_database, rabbit_vhost  # bench/harness.py
+from harness import machine as machine_line
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-PG_ADMIN_URL = os.environ.get("PARCOURS_BENCH_PG_URL",
-                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-AMQP_BASE = os.environ.get("PARCOURS_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672")
-VT, FS, CR = b"\x0b", b"\x1c", b"\r"
 
 
 def adt(patient: str, control_id: str) -> bytes:
@@ -77,134 +67,7 @@ routes:
 """
 
 
-# -- services ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def pg_database() -> Iterator[str]:
-    from sqlalchemy import create_engine, text
-
-    name = f"parcours_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@contextmanager
-def rabbit_vhost() -> Iterator[str]:
-    if shutil.which("rabbitmqctl") is None:
-        raise SystemExit("rabbitmqctl is needed to give each run its own vhost")
-    name = f"parcours_bench_{uuid.uuid4().hex[:10]}"
-
-    def ctl(*args: str) -> None:
-        for _ in range(10):  # the broker may be restarting (another run's stop_app)
-            res = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True,
-                                 timeout=120)
-            if res.returncode == 0:
-                return
-            time.sleep(3)
-        raise SystemExit(f"rabbitmqctl {' '.join(args)}: {res.stderr or res.stdout}")
-
-    ctl("add_vhost", name)
-    try:
-        ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-        yield f"{AMQP_BASE}/{name}"
-    finally:
-        ctl("delete_vhost", name)
-
-
-class Engine:
-    """`parcours serve` in its own process."""
-
-    def __init__(self, base: Path, name: str, routes_file: Path, store_url: str | None,
-                 broker_url: str | None) -> None:
-        self.name = name
-        self.home = base / name
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.mllp_port, self.http_port = free_port(), free_port()
-        self.store_url = store_url or f"sqlite:///{self.home / 'parcours.db'}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PARCOURS_")}
-        env.update({"PARCOURS_HOME": str(self.home), "PARCOURS_HOST": "127.0.0.1",
-                    "PARCOURS_MLLP_PORT": str(self.mllp_port),
-                    "PARCOURS_HTTP_PORT": str(self.http_port),
-                    "PARCOURS_STORE_URL": self.store_url, "PARCOURS_ROUTES": str(routes_file),
-                    "PARCOURS_LOG_LEVEL": "WARNING"})
-        if broker_url:
-            env["PARCOURS_BROKER_URL"] = broker_url
-        self.log = (base / f"{name}.log").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from engine.cli import main; main()", "serve"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"{self.name} exited with {self.proc.returncode}")
-            try:
-                url = f"http://127.0.0.1:{self.http_port}/healthz"
-                with urllib.request.urlopen(url, timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise SystemExit(f"{self.name} not ready after {timeout} s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
 # -- load ------------------------------------------------------------------------------------
-
-
-async def one_connection(port: int, payloads: list[bytes]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    buf = b""
-    try:
-        for p in payloads:
-            writer.write(VT + p + FS + CR)
-            await writer.drain()
-            while FS + CR not in buf:
-                data = await reader.read(65536)
-                if not data:
-                    raise ConnectionError("engine closed the connection")
-                buf += data
-            frame, _, buf = buf.partition(FS + CR)
-            if b"MSA|AA|" not in frame:
-                raise RuntimeError(f"not accepted: {frame!r}")
-    finally:
-        writer.close()
-
-
-async def load(ports: list[int], connections: int, payloads: list[bytes]) -> float:
-    """Send everything; returns the wall-clock time of the first send."""
-    per: list[list[bytes]] = [[] for _ in range(connections)]
-    for i, p in enumerate(payloads):
-        per[i % connections].append(p)
-    start = time.time()
-    await asyncio.gather(*(one_connection(ports[c % len(ports)], per[c])
-                           for c in range(connections) if per[c]))
-    return start
 
 
 def counts(store: Any) -> tuple[int, int]:
@@ -265,9 +128,16 @@ def run(setup: str, n: int, connections: int, patients: int) -> Result:
         engines: list[Engine] = []
         stack.callback(lambda: [e.stop() for e in engines])
         for i in range(count):
-            engines.append(Engine(base, f"e{i + 1}", routes_file, store_url, broker_url))
+            home = base / f"e{i + 1}"
+            env = {"PARCOURS_HOST": "127.0.0.1",
+                   "PARCOURS_STORE_URL": store_url or f"sqlite:///{home / 'parcours.db'}",
+                   "PARCOURS_ROUTES": str(routes_file), "PARCOURS_LOG_LEVEL": "WARNING"}
+            if broker_url:
+                env["PARCOURS_BROKER_URL"] = broker_url
+            engines.append(Engine(base, home.name, env=env, command=[
+                sys.executable, "-c", "from engine.cli import main; main()", "serve"]))
             engines[-1].wait_ready()
-        store = create_engine(engines[0].store_url)
+        store = create_engine(engines[0].env["PARCOURS_STORE_URL"])
         stack.callback(store.dispose)
         ports = [e.mllp_port for e in engines]
         warm = [adt(f"W{i % 20}", f"W-{i}") for i in range(100)]
@@ -275,7 +145,7 @@ def run(setup: str, n: int, connections: int, patients: int) -> Result:
         wait_done(store, len(warm), 120)
         payloads = [adt(f"P{i % patients:05d}", f"M-{i}") for i in range(n)]
         t_send = time.monotonic()
-        start = asyncio.run(load(ports, connections, payloads))
+        start = asyncio.run(load(ports, connections, payloads)).start
         intake_s = time.monotonic() - t_send
         wait_done(store, len(warm) + n, 600)
         with store.connect() as conn:
@@ -294,16 +164,7 @@ def run(setup: str, n: int, connections: int, patients: int) -> Result:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{os.cpu_count()} CPU ({cpu}), Python {platform.python_version()}, "
-            f"{platform.system()} {platform.release()}, {date.today().isoformat()}")
+    return f"{machine_line()}, {date.today().isoformat()}"
 
 
 def table(results: list[Result]) -> str:
