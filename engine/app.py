@@ -23,6 +23,7 @@ from .delivery import DeliveryRunner
 from .file_intake import FileIntake
 from .group_commit import GroupCommitter
 from .intake import Intake, IntakePolicy
+from .local_bus import LocalBus
 from .models import DeliveryStatus, deliveries
 from .router import Router
 from .settings import Settings
@@ -79,7 +80,10 @@ class Engine:
         self._dmp_versions = StoreDocumentVersions(self.store.engine)
         set_document_versions(self._dmp_versions)
         self.destinations: dict[str, Destination] = {}
-        self.bus = Bus(settings.broker_url, settings.partitions, self.runner.run_partition)
+        self.bus: Bus | LocalBus = (
+            LocalBus(settings.partitions, self.runner.run_partition)
+            if settings.broker_url.startswith("memory") else
+            Bus(settings.broker_url, settings.partitions, self.runner.run_partition))
         self.runner.notify = self.bus.notify
         self.is_router = False
         self.metrics = Metrics(self._metrics_snapshot)

@@ -1,4 +1,5 @@
-"""The bus: "partition p has work" notices over kombu (in-process memory, or RabbitMQ).
+"""The bus: "partition p has work" notices over kombu and RabbitMQ (the embedded default uses
+engine/local_bus.py instead).
 
 Why notices and not the deliveries themselves: the store is the truth. A notice lost with a
 broker, or redelivered twice, changes nothing — the partition runner reads what is pending
