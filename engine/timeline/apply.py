@@ -19,7 +19,7 @@ import zlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, insert, or_, select, text, update
 from sqlalchemy.engine import Connection
 
 from . import conflicts, identity
@@ -64,6 +64,30 @@ def _aware(dt: datetime | None) -> datetime | None:
     if dt is None:
         return None
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _observation_values(patient_id: int, o: dict[str, Any], message_id: int
+                        ) -> dict[str, Any]:
+    original = o.get("original") or {}
+    analyte = o.get("analyte") or [None, None]
+    value = o.get("value")
+    try:
+        num = float(value) if value is not None else None
+    except ValueError:
+        num = None
+    return {
+        "patient_id": patient_id, "loinc": o.get("loinc"), "component": analyte[0],
+        "system": analyte[1], "display": (o.get("display") or "")[:512],
+        "outcome": o.get("outcome"), "value": value, "value_num": num,
+        "value_text": o.get("value_text"), "comparator": o.get("comparator"),
+        "unit": o.get("unit"), "reference_low": o.get("reference_low"),
+        "reference_high": o.get("reference_high"), "abnormal_flag": o.get("abnormal_flag"),
+        "status": o.get("status"), "performing_lab": o.get("performing_lab"),
+        "observed_at": ts(o.get("at")), "original_code": original.get("code"),
+        "original_system": original.get("coding_system"),
+        "original_value": (original.get("value") or "")[:255],
+        "original_unit": original.get("unit"), "message_id": message_id,
+    }
 
 
 def _dumps(data: Any) -> str:
@@ -415,45 +439,45 @@ class Applier:
             title=code.get("text") or code.get("code") or "Result", code=code.get("code"),
             data=_dumps({k: ev.get(k) for k in ("code", "placer", "filler", "status",
                                                 "ordering_provider")}))
-        for o in ev.get("observations") or []:
-            self._observation(conn, patient_id, event_id, o, message_id, deleted)
+        self._observations(conn, patient_id, event_id, ev.get("observations") or [],
+                           message_id, deleted)
 
-    def _observation(self, conn: Connection, patient_id: int, event_id: int, o: dict[str, Any],
-                     message_id: int, deleted: bool) -> None:
-        original = o.get("original") or {}
-        analyte = o.get("analyte") or [None, None]
-        value = o.get("value")
-        try:
-            num = float(value) if value is not None else None
-        except ValueError:
-            num = None
-        values = {
-            "patient_id": patient_id, "loinc": o.get("loinc"), "component": analyte[0],
-            "system": analyte[1], "display": (o.get("display") or "")[:512],
-            "outcome": o.get("outcome"), "value": value, "value_num": num,
-            "value_text": o.get("value_text"), "comparator": o.get("comparator"),
-            "unit": o.get("unit"), "reference_low": o.get("reference_low"),
-            "reference_high": o.get("reference_high"), "abnormal_flag": o.get("abnormal_flag"),
-            "status": o.get("status"), "performing_lab": o.get("performing_lab"),
-            "observed_at": ts(o.get("at")), "original_code": original.get("code"),
-            "original_system": original.get("coding_system"),
-            "original_value": (original.get("value") or "")[:255],
-            "original_unit": original.get("unit"), "message_id": message_id,
-        }
-        row = conn.execute(select(observations.c.id).where(
-            observations.c.event_id == event_id, observations.c.key == o["key"][:512])).scalar()
-        action = o.get("action")
-        if action == "delete" or deleted:  # OBX-11 D (table 0085): the result is withdrawn
-            if row is not None:
-                conn.execute(update(observations).where(observations.c.id == row)
-                             .values(deleted=True, status=o.get("status") or "D"))
+    def _observations(self, conn: Connection, patient_id: int, event_id: int,
+                      obs: list[dict[str, Any]], message_id: int, deleted: bool) -> None:
+        """Set-based: one SELECT of the event's observations, then one multi-row INSERT and
+        one executemany UPDATE, whatever the number of OBX (a statement through SQLAlchemy
+        Core costs far more than a row). An OBX key sent twice in one message: the last wins."""
+        if not obs:
             return
-        if row is None:
-            conn.execute(insert(observations).values(event_id=event_id, key=o["key"][:512],
-                                                     deleted=False, **values))
-        else:  # OBX-11 C corrects; a resent F replaces what was sent before as well
-            conn.execute(update(observations).where(observations.c.id == row)
-                         .values(deleted=False, **values))
+        existing = dict(conn.execute(select(observations.c.key, observations.c.id).where(
+            observations.c.event_id == event_id)).all())
+        latest: dict[str, dict[str, Any]] = {}
+        for o in obs:
+            latest[o["key"][:512]] = o
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        withdrawn: list[dict[str, Any]] = []
+        for key, o in latest.items():
+            row = existing.get(key)
+            if o.get("action") == "delete" or deleted:  # OBX-11 D (table 0085): withdrawn
+                if row is not None:
+                    withdrawn.append({"b_id": row, "b_status": o.get("status") or "D"})
+                continue
+            values = _observation_values(patient_id, o, message_id)
+            if row is None:
+                inserts.append({"event_id": event_id, "key": key, "deleted": False, **values})
+            else:  # OBX-11 C corrects; a resent F replaces what was sent before as well
+                updates.append({"b_id": row, "b_deleted": False,
+                                **{f"b_{k}": v for k, v in values.items()}})
+        if inserts:
+            conn.execute(insert(observations), inserts)
+        if updates:
+            shape = [k[2:] for k in updates[0] if k != "b_id"]
+            conn.execute(update(observations).where(observations.c.id == bindparam("b_id"))
+                         .values({k: bindparam(f"b_{k}") for k in shape}), updates)
+        if withdrawn:
+            conn.execute(update(observations).where(observations.c.id == bindparam("b_id"))
+                         .values(deleted=True, status=bindparam("b_status")), withdrawn)
 
     # -- documents ------------------------------------------------------------------------
 
