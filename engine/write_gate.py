@@ -27,7 +27,10 @@ from sqlalchemy import Engine, event
 log = logging.getLogger("parcours.store")
 
 _GATES: weakref.WeakKeyDictionary[Engine, WriteGate] = weakref.WeakKeyDictionary()
-_WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER|WITH)\b", re.I)
+# BEGIN IMMEDIATE: a transaction that reads before it writes takes the write lock first
+# (engine/timeline/service.py), so no other writer commits between its reads and its writes.
+_WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER|WITH|BEGIN\s+IMMEDIATE)\b",
+                    re.I)
 
 
 class WriteGate:

@@ -93,6 +93,13 @@ class Timeline:
         out: list[dict[str, int] | Exception | None] = []
         stopped: set[str] = set()
         with self.db.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                # pysqlite opens no transaction before the first write, so the first SAVEPOINT
+                # would open a deferred one: its reads take a snapshot, and its first write then
+                # fails at once (SQLITE_BUSY_SNAPSHOT) if another writer committed meanwhile.
+                # One explicit transaction, with the write lock (and the engine's write gate)
+                # taken before the first read; the savepoints nest inside it.
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
             for key, env, generation in envelopes:
                 if key in stopped:
                     out.append(None)
