@@ -62,7 +62,7 @@ class _Collector:
                                      "(MSH-10, or a CDA ClinicalDocument/id): processed as a "
                                      "new message and flagged, or refused (channel option "
                                      "on_reused_control_id). Never counted as duplicates.",
-                                     labels=["channel", "action"])
+                                     labels=["channel", "outcome"])
         conns = GaugeMetricFamily("parcours_channel_open_connections",
                                   "Open MLLP connections, per channel.", labels=["channel"])
         up = GaugeMetricFamily("parcours_channel_up",

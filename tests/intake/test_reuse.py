@@ -130,7 +130,7 @@ async def test_reused_control_id_is_processed_and_flagged(eng: Any) -> None:
 
     async with http(eng) as client:
         metrics = (await client.get("/metrics")).text
-        assert 'parcours_control_id_reuses_total{action="processed",channel="main"} 1.0' in metrics
+        assert 'parcours_control_id_reuses_total{channel="main",outcome="processed"} 1.0' in metrics
         assert 'parcours_channel_duplicates_total{channel="main"} 1.0' in metrics
         snap = (await client.get("/api/channels")).json()["main"]
         assert (snap["control_id_reuses"], snap["duplicates"]) == (1, 1)
@@ -174,7 +174,7 @@ async def test_refusing_channel_answers_ar_or_cr_with_err_205(eng: Any) -> None:
     assert set(delivered(eng)) == {rows[0]["id"], rows[3]["id"]}  # refused ones: nothing
     async with http(eng) as client:
         metrics = (await client.get("/metrics")).text
-        assert 'parcours_control_id_reuses_total{action="refused",channel="strict"} 2.0' in metrics
+        assert 'parcours_control_id_reuses_total{channel="strict",outcome="refused"} 2.0' in metrics
 
 
 async def test_fhir_converter_samples_that_reuse_control_ids_are_all_processed(
@@ -287,6 +287,6 @@ async def test_hl7_file_with_a_reused_control_id(eng: Any) -> None:
     assert rows[1]["reuse_of"] == rows[0]["id"] and rows[3]["reuse_of"] == rows[2]["id"]
     async with http(eng) as client:
         metrics = (await client.get("/metrics")).text
-    assert 'parcours_control_id_reuses_total{action="processed",channel="drop"} 1.0' in metrics
-    assert ('parcours_control_id_reuses_total{action="refused",channel="drop-strict"} 1.0'
+    assert 'parcours_control_id_reuses_total{channel="drop",outcome="processed"} 1.0' in metrics
+    assert ('parcours_control_id_reuses_total{channel="drop-strict",outcome="refused"} 1.0'
             in metrics)
