@@ -713,15 +713,18 @@ def _refusal_text(a: Arrival, first_id: int) -> str:
 
 
 def _without_msh7(raw: bytes) -> bytes:
-    """The message minus MSH-7 (a resend may carry a new timestamp)."""
-    end = raw.find(b"\r")
-    end = len(raw) if end < 0 else end
+    """The message minus MSH-7 (a resend may carry a new timestamp), terminators as CR."""
+    if b"\n" in raw:
+        raw = raw.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
     if len(raw) < 4:
         return raw
-    fields = raw[:end].split(raw[3:4])
+    end = raw.find(b"\r")
+    end = len(raw) if end < 0 else end
+    sep = raw[3:4]
+    fields = raw[:end].split(sep, 7)
     if len(fields) > 6:
         fields[6] = b""
-    return raw[3:4].join(fields) + raw[end:].replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+    return sep.join(fields) + raw[end:]
 
 
 def _chunks(items: list[str], n: int) -> list[list[str]]:

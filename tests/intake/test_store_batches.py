@@ -164,3 +164,24 @@ def test_lost_intake_connection_costs_no_arrival(store_url: str) -> None:
         assert store.count_messages() == 4
     finally:
         store.close()
+
+
+def test_content_digest_sets_aside_msh7_and_terminators_only() -> None:
+    from engine.store import content_digest
+
+    base = b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|X|P|2.5\rEVN|A01|20260101\rPID|1\r"
+    same = [base.replace(b"|20260101||", b"|20270102||"), base.replace(b"\r", b"\n"),
+            base.replace(b"\r", b"\r\n"), base.rstrip(b"\r"), base + b"\r"]
+    assert {content_digest(v) for v in same} == {content_digest(base)}
+    # Anything else is content: EVN-2, PID, the encoding characters, a short MSH.
+    other = [base.replace(b"EVN|A01|20260101", b"EVN|A01|20260102"),
+             base.replace(b"PID|1", b"PID|2"), base.replace(b"^~\\&", b"^~\\#"),
+             b"MSH|^~\\&|A\nPID|1|20260101\n", b"MSH|^~\\&|A\nPID|1|20270101\n", b"MSH"]
+    digests = [content_digest(v) for v in other]
+    assert len(set(digests)) == len(digests) and content_digest(base) not in digests
+    # CDA: bytes, line ends as an XML parser reads them.
+    doc = b"<ClinicalDocument>\r\n<title>A</title>\r\n</ClinicalDocument>\n"
+    assert content_digest(doc, document=True) == content_digest(
+        doc.replace(b"\r\n", b"\n"), document=True)
+    assert content_digest(doc, document=True) != content_digest(
+        doc.replace(b"A", b"B"), document=True)
