@@ -46,6 +46,7 @@ def policy_for(ch: ChannelConfig) -> IntakePolicy:
         message_types=ch.accept.message_types,
         require_segments=ch.accept.require_segments,
         application=ch.application,
+        on_reused_control_id=ch.on_reused_control_id,
     )
 
 
@@ -388,6 +389,7 @@ class Engine:
                 "type": rt.state.type, "state": rt.state.state, "detail": rt.state.detail,
                 "up": rt.state.state in ("listening", "polling"), "received": st.received,
                 "bytes": st.bytes, "acks": dict(st.acks), "duplicates": st.duplicates,
+                "control_id_reuses": st.reuses, "control_id_reuses_refused": st.reuses_refused,
                 "parse_errors": st.parse_errors, "store_errors": st.store_errors,
                 "connections_open": 0,
             }

@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import cli_mappings
 
     cli_mappings.add_parsers(sub)
+    from . import cli_messages
+
+    cli_messages.add_parsers(sub)
     from connectors.dmp import cli as dmp_cli
 
     dmp_cli.add_parsers(sub)
@@ -148,6 +151,10 @@ def main(argv: list[str] | None = None) -> None:
         from . import cli_mappings
 
         code = cli_mappings.run(args, _settings(args))
+    elif args.command == "messages":
+        from . import cli_messages
+
+        code = cli_messages.run(args, _settings(args))
     elif args.command in ("users", "care-circle", "audit", "conflicts"):
         from .timeline import cli as timeline_cli
 

@@ -77,6 +77,7 @@ class ChannelConfig:
     settle_seconds: float = 1.0
     archive: str | None = None
     error: str | None = None
+    on_reused_control_id: str = "process"  # "process" | "refuse" (issue #15)
 
 
 @dataclass(frozen=True)
@@ -411,6 +412,7 @@ def _channel(name: str, c: Mapping[str, Any]) -> ChannelConfig:
     kw: dict[str, Any] = {k: c[k] for k in (
         "host", "port", "charset", "max_frame_bytes", "idle_timeout", "application", "path",
         "poll_interval", "settle_seconds", "archive", "error", "enabled",
+        "on_reused_control_id",
     ) if k in c}
     if c.get("default_charset"):
         kw["default_charset"] = c["default_charset"]

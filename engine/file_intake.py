@@ -17,7 +17,7 @@ from transformers.hl7.batch import split_messages
 
 from .intake import Intake, IntakePolicy
 from .models import MessageStatus
-from .store import Arrival, Store, dedup_key
+from .store import Arrival, ReusePolicy, Store, dedup_key
 
 log = logging.getLogger("parcours.file_intake")
 
@@ -44,10 +44,25 @@ class FileIntake:
         else:
             arrivals, reason = self._hl7(policy, data)
         status = "error" if reason else "archived"
-        self.store.save_file(
+        _, saved = self.store.save_file(
             channel=policy.channel, name=name, sha256=sha256, size=len(data), status=status,
             reason=reason, arrivals=arrivals,
         )
+        stats = self.intake.stats_for(policy.channel)
+        for s in saved:
+            if s.refused:
+                stats.reuses_refused += 1
+                status = "error"
+                reason = "\n".join(filter(None, [reason, s.refusal_text]))
+            elif s.reuse_of is not None:
+                stats.reuses += 1
+            elif s.duplicate_of is not None:
+                stats.duplicates += 1
+            if s.reuse_of is not None:
+                log.warning("control id reused with different content; %s",
+                            "refused" if s.refused else "processed as a new message",
+                            extra={"channel": policy.channel, "message_id": s.id,
+                                   "reuse_of": s.reuse_of})
         return FileOutcome(status, reason, len(arrivals))
 
     def _hl7(self, policy: IntakePolicy, data: bytes) -> tuple[list[Arrival], str | None]:
@@ -86,4 +101,16 @@ class FileIntake:
         arrival.sending_facility = header.custodian[:255] or None
         arrival.patient_key = header.patient_key
         arrival.dedup = dedup_key(policy.channel, "CDA", header.custodian, header.document_id)
+        arrival.on_reuse = policy.on_reused_control_id
+        if policy.on_reused_control_id == ReusePolicy.REFUSE:
+            document_id, custodian = header.document_id, header.custodian
+
+            def refusal(first_id: int) -> tuple[str | None, bytes | None, str]:
+                return None, None, (
+                    f"{name}: ClinicalDocument/id {document_id} from custodian {custodian} "
+                    f"was already received with different content (message {first_id}); "
+                    "refused (on_reused_control_id: refuse). A new version of a document "
+                    "carries a new id (CDA R2 relatedDocument, setId/versionNumber)")
+
+            arrival.refusal = refusal
         return [arrival], None

@@ -29,7 +29,7 @@ from transformers.hl7.reader import normalise_separators
 
 from .group_commit import GroupCommitter
 from .models import MessageStatus
-from .store import Arrival, Saved, dedup_key
+from .store import Arrival, ReusePolicy, Saved, dedup_key
 
 log = logging.getLogger("parcours.intake")
 
@@ -47,6 +47,9 @@ class IntakePolicy:
     require_segments: tuple[str, ...] = ()  # e.g. ("PID",): missing → AE 100
     application: str = "PARCOURS"
     facility: str = ""
+    # New content under a seen control id: "process" (a new message, flagged) or "refuse"
+    # (AR/CR with ERR 205). An identical resend always gets the original ACK back.
+    on_reused_control_id: str = ReusePolicy.PROCESS
 
 
 @dataclass
@@ -56,7 +59,9 @@ class IntakeStats:
     received: int = 0
     bytes: int = 0
     acks: dict[str, int] = field(default_factory=dict)
-    duplicates: int = 0
+    duplicates: int = 0  # identical resends: answered with the original ACK, not processed
+    reuses: int = 0  # new content under a seen control id, processed as a new message
+    reuses_refused: int = 0  # the same, refused (on_reused_control_id: refuse)
     parse_errors: int = 0
     store_errors: int = 0
     ack_latency: list[float] = field(default_factory=list)  # recent samples, bounded
@@ -227,6 +232,9 @@ class Intake:
                     header.sending_facility,
                     header.control_id,
                 )
+                arrival.on_reuse = policy.on_reused_control_id
+                if policy.on_reused_control_id == ReusePolicy.REFUSE:
+                    arrival.refusal = partial(self._reuse_refusal, header, codec, policy)
         send = _should_send(enhanced, header.accept_ack_type, code)
         ack = build_ack_bytes(
             header, code, charset=codec, control_id=new_control_id(), errors=errors,
@@ -235,6 +243,25 @@ class Intake:
         arrival.ack_code = code
         arrival.ack = ack if send else None
         return Decision(arrival, header, codec, send, enhanced)
+
+    @staticmethod
+    def _reuse_refusal(
+        header: Header, codec: str, policy: IntakePolicy, first_id: int
+    ) -> tuple[str | None, bytes | None, str]:
+        """The answer to new content under a seen MSH-10 on a channel that refuses it, built
+        by the store only when it meets one: AR (original mode) or CR (enhanced), with
+        ERR-3 205 "duplicate key identifier" (HL7 table 0357) and the reason in ERR-8."""
+        code = "CR" if header.enhanced_mode else "AR"
+        text = (f"MSH-10 {header.control_id} was already used by this sender for a message "
+                f"with different content (message {first_id}); refused: send new content "
+                "under a new control id")
+        send = _should_send(header.enhanced_mode, header.accept_ack_type, code)
+        ack = build_ack_bytes(
+            header, code, charset=codec, control_id=new_control_id(),
+            errors=[AckError.at(205, text, "MSH-10")], application=policy.application,
+            facility=policy.facility,
+        )
+        return code, ack if send else None, text
 
     def _arrival(
         self, raw: bytes, policy: IntakePolicy, remote: str | None, header: Header,
@@ -339,6 +366,23 @@ class Intake:
             )
             self._count(policy.channel, code, started)
             return ack
+        if saved.refused:
+            stats.reuses_refused += 1
+            log.warning(
+                "control id reused with different content; refused",
+                extra={"message_id": saved.id, "reuse_of": saved.reuse_of,
+                       "channel": policy.channel},
+            )
+            self._count(policy.channel, saved.refusal_code if saved.refusal_ack else None,
+                        started)
+            return saved.refusal_ack
+        if saved.reuse_of is not None:
+            stats.reuses += 1
+            log.warning(
+                "control id reused with different content; processed as a new message",
+                extra={"message_id": saved.id, "reuse_of": saved.reuse_of,
+                       "channel": policy.channel},
+            )
         if saved.duplicate_of is not None:
             stats.duplicates += 1
             log.info(

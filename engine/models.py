@@ -35,7 +35,7 @@ class MessageStatus:
     ACCEPTED = "accepted"  # stored and ACKed AA/CA; waiting for the router
     ERROR = "error"  # stored, answered AE/CE: failed validation of what the engine needs
     REJECTED = "rejected"  # stored, answered AR/CR: refused (charset, version, processing id…)
-    DUPLICATE = "duplicate"  # a resend of an earlier message: original ACK sent again
+    DUPLICATE = "duplicate"  # an identical resend of an earlier message: original ACK again
     ROUTED = "routed"  # the router recorded its deliveries (outbox)
     UNROUTED = "unrouted"  # no route matched: kept, nothing to deliver
     DONE = "done"  # every delivery finished
@@ -77,6 +77,15 @@ class Message(Base):
     # processes racing on the same resend cannot both accept it.
     dedup_key: Mapped[str | None] = mapped_column(String(40), unique=True)
     duplicate_of: Mapped[int | None] = mapped_column(BigId, ForeignKey("messages.id"))
+    # sha256 of the content a resend must repeat (HL7: the message with MSH-7 blanked and
+    # segment terminators normalised; CDA: the document's bytes): resend and reuse are told
+    # apart without reading payloads back (engine/store.py content_digest).
+    content_digest: Mapped[str | None] = mapped_column(String(64))
+    # Set when this message reused the control id (MSH-10, or a CDA ClinicalDocument/id) of
+    # an earlier message with different content: the id of the first message stored under
+    # it. The operator's flag; the message itself is processed (or was refused, per the
+    # channel's on_reused_control_id). No foreign key, so the column is a plain ADD COLUMN.
+    reuse_of: Mapped[int | None] = mapped_column(BigId)
     file_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("inbound_files.id"))
 
     __table_args__ = (
@@ -84,6 +93,7 @@ class Message(Base):
         Index("ix_messages_received_at", "received_at"),
         Index("ix_messages_patient_key", "patient_key"),
         Index("ix_messages_control_id", "control_id"),
+        Index("ix_messages_reuse_of", "reuse_of"),
     )
 
 

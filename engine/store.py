@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -36,6 +37,54 @@ def dedup_key(
         h.update(part.encode("utf-8", "surrogateescape"))
         h.update(b"\x1f")
     return h.hexdigest()
+
+
+def reuse_key(dedup: str, digest: str) -> str:
+    """The dedup key of a message that reused a control id with new content.
+
+    The first message under a control id keeps the plain `dedup_key`; each later content
+    under it gets this key, unique per (control id, content), so its own identical resends
+    are recognised the same way, and two engine processes racing on it collide on the same
+    unique column."""
+    h = hashlib.sha1(usedforsecurity=False)
+    h.update(dedup.encode("ascii"))
+    h.update(b"\x1f")
+    h.update(digest.encode("ascii"))
+    return h.hexdigest()
+
+
+def content_digest(raw: bytes, *, document: bool = False) -> str:
+    """What a resend must repeat, as sha256 hex.
+
+    HL7 v2: every byte except MSH-7 (the sender stamps a resend with a new date/time of
+    message), with segment terminators normalised (CR, LF, CRLF are one terminator to an
+    HL7 reader; trailing terminators dropped). Every other field counts, EVN-2 and MSH-13
+    included: they may carry meaning, and treating a changed message as a resend is the
+    failure that loses data, while treating a resend as new content only shows up as a
+    flagged message. Bytes are compared, not decoded text: the same text sent under another
+    MSH-18 is new content too.
+
+    CDA (document=True): the document's bytes, line ends normalised as an XML parser does
+    (XML 1.0 §2.11), trailing whitespace dropped.
+    """
+    if document:
+        body = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").rstrip()
+    else:
+        body = _without_msh7(raw).rstrip(b"\r")
+    return hashlib.sha256(body).hexdigest()
+
+
+class ReusePolicy:
+    """A channel's answer to new content under a control id it has seen
+    (routes.yaml `on_reused_control_id`)."""
+
+    PROCESS = "process"  # a new message, flagged for the operator (the default)
+    REFUSE = "refuse"  # AR/CR with ERR 205 (HL7 table 0357); a file goes to error/
+
+
+# The refusal of a reused id, built only when one is met: (MSA-1 code, ACK bytes or None
+# when none is due, the reason an operator reads). Called with the first message's id.
+RefusalBuilder = Callable[[int], tuple[str | None, bytes | None, str]]
 
 
 @dataclass
@@ -65,6 +114,10 @@ class Arrival:
     truncated: bool = False
     file_id: int | None = None
     dedup: str | None = None  # dedup_key(...) when the message can be deduplicated
+    digest: str | None = None  # content_digest(raw); the store computes it when missing
+    on_reuse: str = ReusePolicy.PROCESS
+    refusal: RefusalBuilder | None = None  # with on_reuse "refuse"
+    reuse_of: int | None = None  # set by the store: the first message under this id
 
     def row(self) -> dict[str, Any]:
         row = self._row()
@@ -105,18 +158,42 @@ class Arrival:
             "ack": self.ack,
             "dedup_key": self.dedup,
             "duplicate_of": None,
+            "content_digest": self.digest,
+            "reuse_of": self.reuse_of,
             "file_id": self.file_id,
         }
+
+    def content_digest(self) -> str:
+        if self.digest is None:
+            self.digest = content_digest(self.raw, document=self.charset == "xml")
+        return self.digest
 
 
 @dataclass(frozen=True)
 class Saved:
-    """What the store did with an arrival: its id, and for a resend the original's id and ACK."""
+    """What the store did with an arrival: its id; for an identical resend the original's id
+    and ACK; for new content under a seen control id the first message's id (`reuse_of`),
+    and, when the channel refuses reuses, the refusal to answer instead of the AA."""
 
     id: int
     duplicate_of: int | None = None
     original_ack: bytes | None = None
     original_ack_code: str | None = None
+    reuse_of: int | None = None
+    refused: bool = False
+    refusal_ack: bytes | None = None
+    refusal_code: str | None = None
+    refusal_text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """A stored message under a dedup key, as much as deciding resend vs reuse needs."""
+
+    id: int
+    ack: bytes | None
+    ack_code: str | None
+    digest: str
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -276,11 +353,15 @@ class Store:
         return self._save_raw(raw, arrivals)
 
     def _save_raw(self, raw: Any, arrivals: list[Arrival]) -> list[Saved]:
-        """The batch on a DBAPI connection; the caller commits."""
+        """The batch on a DBAPI connection; the caller commits.
+
+        One SELECT reads, for every dedup key of the batch and every (key, content) a reuse
+        would have, the stored id, ACK and content digest — never the payloads (only rows
+        stored before digests existed send their raw bytes, once)."""
         sqlite = self.dialect == "sqlite"
         cur = raw.cursor() if sqlite else _pg_raw_cursor(raw)
         try:
-            known = self._originals(cur, sorted({a.dedup for a in arrivals if a.dedup}))
+            known = self._originals(cur, _lookup_keys(arrivals))
             results: list[Saved | None] = [None] * len(arrivals)
             run: list[int] = []  # positions of first arrivals waiting for the next INSERT
 
@@ -296,8 +377,19 @@ class Store:
                         if a.dedup not in ids:
                             raise _Raced(a.dedup)
                         results[i] = Saved(ids[a.dedup])
-                        known[a.dedup or ""] = (ids[a.dedup], a.ack, a.ack_code, a.raw)
+                        known[a.dedup or ""] = _Known(ids[a.dedup], a.ack, a.ack_code,
+                                                      a.content_digest())
                 run.clear()
+
+            def insert(row: dict[str, Any]) -> int:
+                if row["dedup_key"] is None:
+                    return self._insert_raw(cur, _params(row, sqlite), sqlite)
+                cur.execute(_SQLITE_INSERT_NEW if sqlite else _PG_RAW_INSERT_NEW,
+                            _params(row, sqlite))
+                got = cur.fetchone()
+                if got is None:  # another process stored this content meanwhile
+                    raise _Raced(row["dedup_key"])
+                return int(got[0])
 
             pending: set[str] = set()
             for i, a in enumerate(arrivals):
@@ -309,28 +401,20 @@ class Store:
                 if not a.dedup:
                     results[i] = Saved(self._insert_raw(cur, a.params(sqlite), sqlite))
                     continue
-                orig_id, orig_ack, orig_code, orig_raw = known[a.dedup]
-                row = a.row()
-                row.update(dedup_key=None, status=MessageStatus.DUPLICATE, duplicate_of=orig_id,
-                           ack=orig_ack, ack_code=orig_code, error=_conflict(orig_raw, a.raw))
-                results[i] = Saved(self._insert_raw(cur, _params(row, sqlite), sqlite),
-                                   orig_id, orig_ack, orig_code)
+                results[i] = _settle_seen(a, known, insert)
             flush()
         finally:
             cur.close()
         return [r for r in results if r is not None]
 
-    def _originals(
-        self, cur: Any, keys: list[str]
-    ) -> dict[str, tuple[int, bytes | None, str | None, bytes | None]]:
-        found: dict[str, tuple[int, bytes | None, str | None, bytes | None]] = {}
+    def _originals(self, cur: Any, keys: list[str]) -> dict[str, _Known]:
+        found: dict[str, _Known] = {}
         sqlite = self.dialect == "sqlite"
         for chunk in _chunks(keys, 500):
-            marks = _marks(len(chunk), sqlite)
-            cur.execute(f"SELECT dedup_key, id, ack, ack_code, raw FROM messages "
-                        f"WHERE dedup_key IN ({marks})", chunk)
-            for key, mid, ack, code, raw in cur.fetchall():
-                found[key] = (int(mid), _bytes(ack), code, _bytes(raw))
+            cur.execute(_ORIGINALS_SQL.format(marks=_marks(len(chunk), sqlite)), chunk)
+            for row in cur.fetchall():
+                key, known = _known(row)
+                found[key] = known
         return found
 
     def _insert_raw(self, cur: Any, params: tuple[Any, ...], sqlite: bool) -> int:
@@ -338,26 +422,39 @@ class Store:
         return int(cur.lastrowid if sqlite else cur.fetchone()[0])
 
     def _save_per_row(self, conn: Connection, arrivals: list[Arrival]) -> list[Saved]:
-        """The slow path, one savepoint per arrival: kept for a batch the fast path could not
-        commit (a constraint other than the dedup key), so one bad row fails alone."""
+        """The slow path, one savepoint per insert: kept for a batch the fast path could not
+        commit (a key another process stored meanwhile, a constraint other than the dedup
+        key), so one bad row fails alone. A key found taken is looked up again and the
+        arrival decided anew (a resend of what the other process stored, or a reuse)."""
         results: list[Saved] = []
+
+        def insert(row: dict[str, Any]) -> int:
+            new_id = self._insert(conn, row, per_row=row["dedup_key"] is not None)
+            if new_id < 0:
+                raise _Raced(row["dedup_key"])
+            return new_id
+
         for a in arrivals:
-            row = a.row()
-            if a.dedup:
-                new_id = self._insert(conn, row, per_row=True)
-                if new_id >= 0:
-                    results.append(Saved(new_id))
-                    continue
-                orig = conn.exec_driver_sql(self._sql(
-                    "SELECT id, ack, ack_code, raw FROM messages WHERE dedup_key = ?"),
-                    (a.dedup,)).one()
-                row.update(dedup_key=None, status=MessageStatus.DUPLICATE, duplicate_of=orig[0],
-                           ack=orig[1], ack_code=orig[2],
-                           error=_conflict(_bytes(orig[3]), a.raw))
-                results.append(Saved(self._insert(conn, row, False), int(orig[0]), orig[1],
-                                     orig[2]))
+            if not a.dedup:
+                results.append(Saved(self._insert(conn, a.row(), per_row=True)))
                 continue
-            results.append(Saved(self._insert(conn, row, per_row=True)))
+            for _attempt in range(5):
+                keys = _lookup_keys([a])
+                marks = ", ".join("?" for _ in keys)
+                rows = conn.exec_driver_sql(
+                    self._sql(_ORIGINALS_SQL.format(marks=marks)), tuple(keys)).fetchall()
+                known = dict(_known(r) for r in rows)
+                try:
+                    if a.dedup not in known:
+                        a.content_digest()
+                        results.append(Saved(insert(a.row())))
+                    else:
+                        results.append(_settle_seen(a, known, insert))
+                    break
+                except _Raced:
+                    continue
+            else:
+                raise _Raced(a.dedup)
         return results
 
     def _insert(self, conn: Connection, row: dict[str, Any], per_row: bool) -> int:
@@ -402,7 +499,9 @@ class Store:
         reason: str | None,
         arrivals: list[Arrival],
     ) -> tuple[int, list[Saved]]:
-        """Record a file and all its messages in one transaction: all or nothing."""
+        """Record a file and all its messages in one transaction: all or nothing. A message
+        refused as a reused id turns the record to status 'error' with the refusal in its
+        reason (read it back with `find_file`)."""
         with self.engine.begin() as conn:
             file_id = int(
                 conn.execute(
@@ -422,6 +521,14 @@ class Store:
             for a in arrivals:
                 a.file_id = file_id
             saved = self._save(conn, arrivals, per_row=False) if arrivals else []
+            refusals = [s.refusal_text for s in saved if s.refused and s.refusal_text]
+            if refusals:
+                # A refused reuse sends the file to error/: its record says so in the same
+                # transaction, so a pickup after a crash finishes the same move.
+                conn.execute(
+                    update(inbound_files).where(inbound_files.c.id == file_id)
+                    .values(status="error", reason="\n".join(filter(None, [reason, *refusals])))
+                )
             return file_id, saved
 
     # -- reading --------------------------------------------------------------------------
@@ -475,7 +582,7 @@ _SQLITE_INSERT = (f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) "
                   f"VALUES ({', '.join('?' for _ in _MESSAGE_COLUMNS)})")
 _PG_INSERT = (f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) "
               f"VALUES ({', '.join('%s' for _ in _MESSAGE_COLUMNS)}) RETURNING id")
-# SQLite allows 32,766 bound parameters per statement (3.32+); 27 columns x 500 rows stays
+# SQLite allows 32,766 bound parameters per statement (3.32+); 29 columns x 500 rows stays
 # well inside, and PostgreSQL's limit (65,535) too.
 _ROWS_PER_INSERT = 500
 
@@ -507,7 +614,7 @@ def _marks(n: int, sqlite: bool, start: int = 1) -> str:
 
 def _pg_raw_cursor(connection: Any) -> Any:
     """psycopg rewrites '%s' queries into '$n' ones in Python, and caches the result only for
-    statements of at most 50 parameters (psycopg/_queries.py): a 4-row insert of 27 columns
+    statements of at most 50 parameters (psycopg/_queries.py): a 4-row insert of 29 columns
     was re-parsed on every batch, ~0.4 ms of GIL-held time. A RawCursor takes '$n' as is."""
     import psycopg
 
@@ -516,6 +623,18 @@ def _pg_raw_cursor(connection: Any) -> Any:
 
 _PG_RAW_INSERT = (f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) "
                   f"VALUES ({_marks(len(_MESSAGE_COLUMNS), False)}) RETURNING id")
+# A reuse's own key may have been stored by another engine process since the SELECT: no row
+# back means "raced", and the batch is redone row by row.
+_SQLITE_INSERT_NEW = (f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) "
+                      f"VALUES ({_marks(len(_MESSAGE_COLUMNS), True)}) "
+                      f"ON CONFLICT (dedup_key) DO NOTHING RETURNING id")
+_PG_RAW_INSERT_NEW = (f"INSERT INTO messages ({', '.join(_MESSAGE_COLUMNS)}) "
+                      f"VALUES ({_marks(len(_MESSAGE_COLUMNS), False)}) "
+                      f"ON CONFLICT (dedup_key) DO NOTHING RETURNING id")
+# The raw bytes only for rows stored before content digests existed (migration 0006).
+_ORIGINALS_SQL = ("SELECT dedup_key, id, ack, ack_code, content_digest, "
+                  "CASE WHEN content_digest IS NULL THEN raw END, charset "
+                  "FROM messages WHERE dedup_key IN ({marks})")
 
 
 def _params(row: dict[str, Any], sqlite: bool) -> tuple[Any, ...]:
@@ -537,24 +656,75 @@ def _bytes(value: Any) -> bytes | None:
     return None if value is None else bytes(value)
 
 
-def _conflict(original: bytes | None, raw: bytes) -> str | None:
-    """A resend carries the same bytes (MSH-7 aside); different content under the same
-    MSH-10 is a sender reusing control ids, which an operator must hear about."""
-    if original is None or _without_msh7(original) == _without_msh7(raw):
-        return None
-    return "MSH-10 reused with different content: kept, not processed"
+def _lookup_keys(arrivals: list[Arrival]) -> list[str]:
+    """Every key the batch's arrivals may meet: their control id's, and the one their
+    content would have had if it reused that id."""
+    keys: set[str] = set()
+    for a in arrivals:
+        if a.dedup:
+            keys.add(a.dedup)
+            keys.add(reuse_key(a.dedup, a.content_digest()))
+    return sorted(keys)
+
+
+def _known(row: Any) -> tuple[str, _Known]:
+    key, mid, ack, code, digest, raw, charset = row
+    if digest is None:  # stored before digests existed: computed once from its bytes
+        digest = content_digest(_bytes(raw) or b"", document=charset == "xml")
+    return key, _Known(int(mid), _bytes(ack), code, digest)
+
+
+def _settle_seen(
+    a: Arrival, known: dict[str, _Known], insert: Callable[[dict[str, Any]], int]
+) -> Saved:
+    """An arrival whose control id is already stored: an identical resend of the first
+    message or of a later content under that id (a 'duplicate' row, the original's ACK
+    again), or new content under a seen id — HL7 v2.5.1 §2.10.1: MSH-10 alone cannot tell
+    a resend, only the sequence number protocol can, so nothing but an identical resend is
+    treated as one. New content is a new message (`reuse_of` flags it), or refused when the
+    channel says so; never acknowledged and dropped."""
+    assert a.dedup is not None
+    first = known[a.dedup]
+    digest = a.content_digest()
+    rkey = reuse_key(a.dedup, digest)
+    same = first if first.digest == digest else known.get(rkey)
+    row = a.row()
+    if same is not None:
+        row.update(dedup_key=None, status=MessageStatus.DUPLICATE, duplicate_of=same.id,
+                   ack=same.ack, ack_code=same.ack_code, error=None)
+        return Saved(insert(row), same.id, same.ack, same.ack_code)
+    if a.on_reuse == ReusePolicy.REFUSE:
+        code, ack, text = (a.refusal(first.id) if a.refusal is not None
+                           else (None, None, _refusal_text(a, first.id)))
+        row.update(dedup_key=None, status=MessageStatus.REJECTED, reuse_of=first.id,
+                   ack=ack, ack_code=code, error=text)
+        return Saved(insert(row), reuse_of=first.id, refused=True, refusal_ack=ack,
+                     refusal_code=code, refusal_text=text)
+    row.update(dedup_key=rkey, reuse_of=first.id)
+    new_id = insert(row)
+    a.reuse_of = first.id
+    known[rkey] = _Known(new_id, a.ack, a.ack_code, digest)
+    return Saved(new_id, reuse_of=first.id)
+
+
+def _refusal_text(a: Arrival, first_id: int) -> str:
+    return (f"control id {a.control_id or '?'} reused with different content (first "
+            f"message {first_id}); refused by the channel (on_reused_control_id: refuse)")
 
 
 def _without_msh7(raw: bytes) -> bytes:
-    """The message minus MSH-7 (a resend may carry a new timestamp)."""
-    end = raw.find(b"\r")
-    end = len(raw) if end < 0 else end
+    """The message minus MSH-7 (a resend may carry a new timestamp), terminators as CR."""
+    if b"\n" in raw:
+        raw = raw.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
     if len(raw) < 4:
         return raw
-    fields = raw[:end].split(raw[3:4])
+    end = raw.find(b"\r")
+    end = len(raw) if end < 0 else end
+    sep = raw[3:4]
+    fields = raw[:end].split(sep, 7)
     if len(fields) > 6:
         fields[6] = b""
-    return raw[3:4].join(fields) + raw[end:].replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+    return sep.join(fields) + raw[end:]
 
 
 def _chunks(items: list[str], n: int) -> list[list[str]]:

@@ -54,8 +54,15 @@ class _Collector:
                                     "Messages whose MSH or character set could not be read.",
                                     labels=["channel"])
         dups = CounterMetricFamily("parcours_channel_duplicates",
-                                   "Resent messages recognised as duplicates.",
+                                   "Identical resends (MSH-7 aside) answered with the "
+                                   "original ACK and not processed again.",
                                    labels=["channel"])
+        reuses = CounterMetricFamily("parcours_control_id_reuses",
+                                     "New content under a control id the sender already used "
+                                     "(MSH-10, or a CDA ClinicalDocument/id): processed as a "
+                                     "new message and flagged, or refused (channel option "
+                                     "on_reused_control_id). Never counted as duplicates.",
+                                     labels=["channel", "outcome"])
         conns = GaugeMetricFamily("parcours_channel_open_connections",
                                   "Open MLLP connections, per channel.", labels=["channel"])
         up = GaugeMetricFamily("parcours_channel_up",
@@ -66,11 +73,13 @@ class _Collector:
             rbytes.add_metric([name], c.get("bytes", 0))
             parse.add_metric([name], c.get("parse_errors", 0))
             dups.add_metric([name], c.get("duplicates", 0))
+            reuses.add_metric([name, "processed"], c.get("control_id_reuses", 0))
+            reuses.add_metric([name, "refused"], c.get("control_id_reuses_refused", 0))
             conns.add_metric([name], c.get("connections_open", 0))
             up.add_metric([name, c.get("type", "")], 1 if c.get("up") else 0)
             for code, n in c.get("acks", {}).items():
                 acks.add_metric([name, code], n)
-        yield from (received, rbytes, acks, parse, dups, conns, up)
+        yield from (received, rbytes, acks, parse, dups, reuses, conns, up)
 
         delivered = CounterMetricFamily("parcours_destination_delivered",
                                         "Deliveries that succeeded.", labels=["destination"])

@@ -153,6 +153,9 @@ def snapshot(engine: Engine) -> dict[str, Any]:
             "detail": c.get("detail") or "", "received": c["received"],
             "per_minute": round(int(recent["channels"].get(name, 0)) * 60 / RATE_WINDOW, 1),
             "errors": errors, "acks": acks, "duplicates": c.get("duplicates", 0),
+            # New content under a seen control id, kept apart from resends (issue #15).
+            "reuses": int(c.get("control_id_reuses", 0))
+            + int(c.get("control_id_reuses_refused", 0)),
             "connections": c.get("connections_open", 0),
         })
     for name, cfg in sorted(engine.config.channels.items()):
@@ -160,7 +163,8 @@ def snapshot(engine: Engine) -> dict[str, Any]:
             channels.append({"name": name, "type": cfg.type, "up": False,
                              "state": "disabled" if not cfg.enabled else "stopped",
                              "detail": "", "received": 0, "per_minute": 0.0, "errors": 0,
-                             "acks": {}, "duplicates": 0, "connections": 0})
+                             "acks": {}, "duplicates": 0, "reuses": 0,
+                             "connections": 0})
     queues = _queues(engine)
     destinations = []
     for name in sorted(set(engine.config.destinations) | set(engine.runner.stats)):

@@ -27,12 +27,13 @@ class Search:
     status: str = ""
     control_id: str = ""
     patient: str = ""
+    flag: str = ""  # "reused": new content under a control id the sender had used
     before_id: int | None = None
 
     @property
     def is_empty(self) -> bool:
         return not any((self.since, self.until, self.channel, self.type, self.status,
-                        self.control_id, self.patient))
+                        self.control_id, self.patient, self.flag))
 
 
 def parse_when(value: str | None) -> datetime | None:
@@ -51,7 +52,8 @@ def search(store: Store, s: Search, limit: int = PAGE) -> list[dict[str, Any]]:
     cols = [messages.c[n] for n in ("id", "channel", "received_at", "sending_application",
                                     "sending_facility", "message_type", "trigger_event",
                                     "control_id", "version", "patient_key", "status",
-                                    "ack_code", "error", "size")]
+                                    "ack_code", "error", "size", "reuse_of",
+                                    "duplicate_of")]
     q = select(*cols).order_by(messages.c.id.desc()).limit(limit)
     if s.before_id:
         q = q.where(messages.c.id < s.before_id)
@@ -65,6 +67,8 @@ def search(store: Store, s: Search, limit: int = PAGE) -> list[dict[str, Any]]:
         q = q.where(messages.c.status == s.status)
     if s.control_id:
         q = q.where(messages.c.control_id == s.control_id.strip())
+    if s.flag == "reused":
+        q = q.where(messages.c.reuse_of.is_not(None))
     if s.type:
         mtype, _, trigger = s.type.strip().upper().partition("^")
         q = q.where(messages.c.message_type == mtype)

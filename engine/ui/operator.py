@@ -112,7 +112,7 @@ def build_router(ui: UI) -> APIRouter:
             since=msgs.parse_when(q.get("since")), until=msgs.parse_when(q.get("until")),
             channel=q.get("channel", ""), type=q.get("type", ""), status=q.get("status", ""),
             control_id=q.get("control_id", ""), patient=q.get("patient", ""),
-            before_id=int(before) if before.isdigit() else None)
+            flag=q.get("flag", ""), before_id=int(before) if before.isdigit() else None)
         rows = await asyncio.to_thread(msgs.search, engine.store, search)
         channels = await asyncio.to_thread(msgs.channels_seen, engine.store)
         if rows:

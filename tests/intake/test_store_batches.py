@@ -24,6 +24,9 @@ def _arrival(control_id: str | None, raw: bytes | None = None) -> Arrival:
     )
 
 
+REUSED_A2 = b"MSH|^~\\&|LAB|SITE|P|F|20261125||ORU^R01|A2|P|2.5.1\rPID|x\r"
+
+
 def _store(url: str) -> Store:
     store = Store(url)
     store.migrate()
@@ -40,7 +43,8 @@ def test_batch_keeps_arrival_order_and_settles_resends(store_url: str) -> None:
             _arrival(None),  # no MSH-10: kept, never deduplicated
             _arrival("B2"),
             _arrival("B1"),  # resend of a message earlier in this very batch
-            _arrival("A2", raw=b"MSH|^~\\&|LAB|SITE|P|F|20261125||ORU^R01|A2|P|2.5.1\rPID|x\r"),
+            _arrival("A2", raw=REUSED_A2),  # A2 again with new content: a new message
+            _arrival("A2", raw=REUSED_A2.replace(b"20261125", b"20261126")),  # its resend
         ]
         saved = store.save_arrivals(batch)
         assert len(saved) == len(batch)
@@ -48,12 +52,14 @@ def test_batch_keeps_arrival_order_and_settles_resends(store_url: str) -> None:
         assert fresh == sorted(fresh) and fresh[0] > first[1].id  # arrival order
         assert saved[1].duplicate_of == first[0].id and saved[1].original_ack == b"ACK A1"
         assert saved[4].duplicate_of == saved[0].id and saved[4].original_ack == b"ACK B1"
-        assert saved[5].duplicate_of == first[1].id
+        assert saved[5].duplicate_of is None and saved[5].reuse_of == first[1].id
+        assert saved[6].duplicate_of == saved[5].id  # MSH-7 aside, the same as the reuse
         rows = {r["id"]: r for r in store.list_messages(limit=100)}
         assert rows[saved[1].id]["status"] == MessageStatus.DUPLICATE
         assert rows[saved[1].id]["error"] is None  # same bytes: a plain resend
-        assert rows[saved[5].id]["error"] == ("MSH-10 reused with different content: "
-                                              "kept, not processed")
+        assert rows[saved[5].id]["status"] == MessageStatus.ACCEPTED  # processed, flagged:
+        assert rows[saved[5].id]["reuse_of"] == first[1].id
+        assert rows[saved[6].id]["status"] == MessageStatus.DUPLICATE
         assert rows[saved[2].id]["status"] == MessageStatus.ACCEPTED
         assert store.count_messages() == 2 + len(batch)
     finally:
@@ -92,6 +98,40 @@ def test_key_stored_by_another_process_during_the_batch(store_url: str) -> None:
         b.close()
 
 
+def test_reuse_stored_by_another_process_during_the_batch(store_url: str) -> None:
+    """Both processes meet the same new content under a stored control id: one stores it as
+    the reuse, the other's arrival becomes its resend, never a second processed message."""
+    a, b = _store(store_url), _store(store_url)
+    try:
+        (orig,) = a.save_arrivals([_arrival("R")])
+        reused = b"MSH|^~\\&|LAB|SITE|P|F|20261125||ORU^R01|R|P|2.5.1\rPID|other\r"
+        conn = a.engine.connect()
+        tx = conn.begin()
+        (mine,) = a._save(conn, [_arrival("R", raw=reused)], per_row=False)
+        assert mine.reuse_of == orig.id
+        outcome: dict[str, object] = {}
+
+        def other_process() -> None:
+            try:
+                outcome["saved"] = b.save_arrivals([_arrival("R", raw=reused)])
+            except Exception as exc:  # reported below, not swallowed
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=other_process)
+        worker.start()
+        time.sleep(0.5)
+        tx.commit()
+        conn.close()
+        worker.join(30)
+        assert "error" not in outcome, outcome.get("error")
+        (theirs,) = outcome["saved"]  # type: ignore[misc]
+        assert theirs.duplicate_of == mine.id and theirs.reuse_of is None
+        assert b.count_messages(status=MessageStatus.ACCEPTED) == 2
+    finally:
+        a.close()
+        b.close()
+
+
 def _kill_intake_connection(store: Store) -> None:
     """Take the group commit's own connection away, as a server restart or a network cut
     would: on PostgreSQL its backend is terminated, on SQLite the handle is closed."""
@@ -124,3 +164,24 @@ def test_lost_intake_connection_costs_no_arrival(store_url: str) -> None:
         assert store.count_messages() == 4
     finally:
         store.close()
+
+
+def test_content_digest_sets_aside_msh7_and_terminators_only() -> None:
+    from engine.store import content_digest
+
+    base = b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|X|P|2.5\rEVN|A01|20260101\rPID|1\r"
+    same = [base.replace(b"|20260101||", b"|20270102||"), base.replace(b"\r", b"\n"),
+            base.replace(b"\r", b"\r\n"), base.rstrip(b"\r"), base + b"\r"]
+    assert {content_digest(v) for v in same} == {content_digest(base)}
+    # Anything else is content: EVN-2, PID, the encoding characters, a short MSH.
+    other = [base.replace(b"EVN|A01|20260101", b"EVN|A01|20260102"),
+             base.replace(b"PID|1", b"PID|2"), base.replace(b"^~\\&", b"^~\\#"),
+             b"MSH|^~\\&|A\nPID|1|20260101\n", b"MSH|^~\\&|A\nPID|1|20270101\n", b"MSH"]
+    digests = [content_digest(v) for v in other]
+    assert len(set(digests)) == len(digests) and content_digest(base) not in digests
+    # CDA: bytes, line ends as an XML parser reads them.
+    doc = b"<ClinicalDocument>\r\n<title>A</title>\r\n</ClinicalDocument>\n"
+    assert content_digest(doc, document=True) == content_digest(
+        doc.replace(b"\r\n", b"\n"), document=True)
+    assert content_digest(doc, document=True) != content_digest(
+        doc.replace(b"A", b"B"), document=True)

@@ -8,7 +8,7 @@
   refused every A47.
 
 Revision ID: 0007_identity
-Revises: 0005_dmp_feed
+Revises: 0006_reuse
 Create Date: 2026-12-01
 """
 
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007_identity"
-down_revision = "0005_dmp_feed"
+down_revision = "0006_reuse"
 branch_labels = None
 depends_on = None
 

@@ -56,7 +56,7 @@
       var row = findRow(channels, c.name);
       if (!row) return;
       setState(row, c.state, c.detail);
-      ["received", "per_minute", "errors", "duplicates", "connections"].forEach(function (k) {
+      ["received", "per_minute", "errors", "duplicates", "reuses", "connections"].forEach(function (k) {
         setCell(row, k, c[k]);
       });
     });
