@@ -51,8 +51,14 @@ def policy_for(ch: ChannelConfig) -> IntakePolicy:
 
 
 class Engine:
-    def __init__(self, settings: Settings, config: Config) -> None:
+    def __init__(self, settings: Settings, config: Config, *, worker_argv: list[str] | None
+                 = None, worker_env: dict[str, str] | None = None, is_worker: bool = False
+                 ) -> None:
+        """`worker_argv`: run routing and delivery in a worker process started with it
+        (engine/worker.py); `is_worker`: this is that process (no channels, no HTTP)."""
         self.settings = settings
+        self.is_worker = is_worker
+        self.worker: Any = None
         self.config = config
         self.store = Store(settings.store_url)
         from transformers.lab.transformer import configure as configure_lab
@@ -85,6 +91,15 @@ class Engine:
             LocalBus(settings.partitions, self.runner.run_partition)
             if settings.broker_url.startswith("memory") else
             Bus(settings.broker_url, settings.partitions, self.runner.run_partition))
+        if worker_argv is not None:
+            import os
+
+            from .worker import WorkerLink
+
+            self.worker = WorkerLink(worker_argv, worker_env or dict(os.environ),
+                                     self._worker_stats,
+                                     self._send_application_acks)
+            self.bus = self.worker  # notices go to the worker, which owns the partitions
         self.runner.notify = self.bus.notify
         self.is_router = False
         self.metrics = Metrics(self._metrics_snapshot)
@@ -107,20 +122,62 @@ class Engine:
 
     def _committed(self, _count: int, _seconds: float) -> None:
         """Group-commit thread: new messages are durable; wake the router."""
-        if self._loop is not None:
+        if self.worker is not None:
+            self.worker.wake()
+        elif self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _worker_stats(self, stats: dict[str, Any]) -> None:
+        """The worker's counters, for /metrics and the dashboard of the intake process."""
+        from .delivery import DeliveryStats
+
+        self.runner.stats = {name: DeliveryStats(**v)
+                             for name, v in (stats.get("destinations") or {}).items()}
+        self.router.normalisation_counts = dict(stats.get("normalisation") or {})
+        self.router.routed = int(stats.get("routed") or 0)
+        self.is_router = bool(stats.get("is_router"))
+
+    def _stats_line(self) -> str:
+        import json
+        from dataclasses import asdict
+
+        return json.dumps({"stats": {
+            "destinations": {n: asdict(st) for n, st in self.runner.stats.items()},
+            "normalisation": self.router.normalisation_counts, "routed": self.router.routed,
+            "is_router": self.is_router}})
+
+    async def _report_forever(self) -> None:
+        from .worker import IntakeLink
+
+        while not self._stop.is_set():
+            IntakeLink.write(self._stats_line())
+            try:
+                await asyncio.wait_for(self._stop.wait(), 1.0)
+            except TimeoutError:
+                pass
 
     async def start(self, *, http: bool = True, route: bool = True) -> None:
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.store.migrate)
-        self.committer.start()
+        if not self.is_worker:
+            self.committer.start()
+        if self.worker is not None:
+            route = False  # the worker routes and delivers
+            self.worker.start(self._loop)
+        if self.is_worker:
+            from .worker import IntakeLink
+
+            IntakeLink(on_wake=self._wake.set, on_notify=self.bus.notify,
+                       on_reload=self.reload, on_gone=self._stop.set).start(self._loop)
+            self._tasks.append(asyncio.create_task(self._report_forever(), name="report"))
+            http = False
         if route:
             self._build_destinations(self.config)
             self.bus.start(self._loop)
             self._tasks.append(asyncio.create_task(self._route_forever(), name="router"))
             self._tasks.append(asyncio.create_task(self._sweep_forever(), name="sweeper"))
         for ch in self.config.channels.values():
-            if ch.enabled:
+            if ch.enabled and not self.is_worker:
                 await self._start_channel(ch)
         if http:
             await self._start_http()
@@ -236,6 +293,11 @@ class Engine:
                 await self._wait_wake(1.0)
 
     async def _send_application_acks(self, requests: list[dict[str, Any]]) -> None:
+        if self.is_worker:  # only the intake process holds the senders' connections
+            from .worker import IntakeLink, encode_app_acks
+
+            IntakeLink.write(encode_app_acks(requests))
+            return
         from sqlalchemy import update
 
         from .application_ack import build_application_ack
@@ -310,16 +372,20 @@ class Engine:
             log.error("reload refused: routes file has problems",
                       extra={"problems": len(exc.problems)})
             return self.last_reload
-        retired = self._build_destinations(config)
+        retired = self._build_destinations(config) if self.worker is None else []
         self.router.set_config(config)
         old = self.config
         self.config = config
+        if self.worker is not None:
+            self.worker.reload()  # the worker reads the same file again for its routes
         for name, ch in old.channels.items():
+            if self.is_worker:
+                break
             new_ch = config.channels.get(name)
             if name in self.channels and (new_ch is None or new_ch != ch or not new_ch.enabled):
                 await self.channels.pop(name).stop()
         for name, ch in config.channels.items():
-            if ch.enabled and name not in self.channels:
+            if ch.enabled and name not in self.channels and not self.is_worker:
                 await self._start_channel(ch)
         for d in retired:
             await d.close()
@@ -342,6 +408,8 @@ class Engine:
             except (asyncio.CancelledError, Exception):
                 pass
         self._tasks.clear()
+        if self.worker is not None:
+            await self.worker.aclose()  # it finishes and records what it has in flight
         await asyncio.to_thread(self.bus.stop)
         await self.runner.aclose()  # no partition runs any more; in-flight ones record
         await asyncio.to_thread(self.router.release_leadership)

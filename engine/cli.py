@@ -36,6 +36,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(_env(args))
+
+
+def _env(args: argparse.Namespace) -> dict[str, str]:
+    """The environment with the command line's options written into it (they win)."""
     import os
 
     env = dict(os.environ)
@@ -46,15 +51,26 @@ def _settings(args: argparse.Namespace) -> Settings:
         value = getattr(args, opt, None)
         if value is not None:
             env[var] = str(value)
-    return Settings.from_env(env)
+    return env
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def _workers(settings: Settings, env: dict[str, str]) -> int:
+    """PARCOURS_WORKERS: 1 (routing and delivery in a worker process, engine/worker.py) on the
+    embedded default, 0 (all in this process) in the scaled mode, where several engine
+    processes already share the work."""
+    embedded = settings.broker_url.startswith("memory") and settings.store_url.startswith(
+        "sqlite")
+    value = env.get("PARCOURS_WORKERS", "1" if embedded else "0")
+    return 1 if value.strip() not in ("", "0") else 0
+
+
+def cmd_serve(args: argparse.Namespace, *, worker: bool = False) -> int:
     from . import log_format
     from .app import Engine
     from .config import ConfigError, load_file
 
-    settings = _settings(args)
+    env = _env(args)
+    settings = Settings.from_env(env)
     log_format.configure(settings.log_level)
     settings.home.mkdir(parents=True, exist_ok=True)
     try:
@@ -62,7 +78,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"parcours: {settings.routes_file} is not valid:\n{exc}", file=sys.stderr)
         return 2
-    engine = Engine(settings, config)
+    worker_argv = None
+    if not worker and _workers(settings, env):
+        worker_argv = [sys.executable, "-c", "from engine.cli import main; main()", "work"]
+    engine = Engine(settings, config, worker_argv=worker_argv, worker_env=env,
+                    is_worker=worker)
     try:
         asyncio.run(engine.run_forever())
     except OSError as exc:
@@ -98,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parcours", description="HL7 v2 / CDA integration engine")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    sub.add_parser("work", help="(started by `parcours serve`) route and deliver: the worker "
+                   "process, reading its orders on stdin")
 
     s = sub.add_parser("send", help="send HL7 files over MLLP and report the ACKs",
                        description="Send the messages of FILEs (one message, several, or "
@@ -139,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         code = cmd_serve(args)
+    elif args.command == "work":
+        code = cmd_serve(args, worker=True)
     elif args.command == "send":
         code = cmd_send(args)
     elif args.command == "routes" and args.routes_command == "check":

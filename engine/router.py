@@ -43,6 +43,14 @@ _ROUTING_COLUMNS = [messages.c[name] for name in (
 )]
 
 
+def _record_backlog(conn: Connection, backlog: list[tuple[int, list[dict[str, Any]]]]) -> None:
+    if backlog:
+        from .backlog import record
+
+        for message_id, entries in backlog:
+            record(conn, message_id, entries)
+
+
 def partition_of(patient_key: str | None, message_id: int, partitions: int) -> int:
     """Stable across processes and restarts (crc32, not Python's salted hash)."""
     key = patient_key or f"message:{message_id}"
@@ -257,28 +265,36 @@ class Router:
         now = datetime.now(UTC)
         touched: set[int] = set()
         app_acks: list[dict[str, Any]] = []
-        with self.store.engine.begin() as conn:
+        # Read, then evaluate with no transaction open, then write in one short transaction:
+        # the transformers' CPU time must not be spent holding SQLite's one write lock, which
+        # the intake's group commit waits for.
+        with self.store.engine.connect() as conn:
             rows = [dict(r) for r in conn.execute(
                 select(*_ROUTING_COLUMNS).where(messages.c.status == MessageStatus.ACCEPTED)
                 .order_by(messages.c.id).limit(limit)
             ).mappings()]
-            if not rows:
-                return 0, touched, app_acks
-            new_rows: list[dict[str, Any]] = []
-            statuses: list[dict[str, Any]] = []
-            for row in rows:
-                status, error, dels = self._plan(row, now, generation=0, conn=conn)
-                for d in dels:
-                    touched.add(d["partition"])
-                new_rows += dels
-                statuses.append({"mid": row["id"], "st": status, "err": error})
-                if row.get("application_ack_type") in ("AL", "ER", "SU"):
-                    app_acks.append({"id": row["id"], "channel": row["channel"],
-                                     "remote": row["remote"], "raw": row["raw"],
-                                     "charset": row["charset"], "status": status,
-                                     "error": error,
-                                     "mode": row["application_ack_type"]})
-            conn.execute(update(messages).where(messages.c.id == bindparam("mid"))
+        if not rows:
+            return 0, touched, app_acks
+        new_rows: list[dict[str, Any]] = []
+        statuses: list[dict[str, Any]] = []
+        backlog: list[tuple[int, list[dict[str, Any]]]] = []
+        for row in rows:
+            status, error, dels = self._plan(row, now, generation=0, backlog=backlog)
+            for d in dels:
+                touched.add(d["partition"])
+            new_rows += dels
+            statuses.append({"mid": row["id"], "st": status, "err": error,
+                             "was": MessageStatus.ACCEPTED})
+            if row.get("application_ack_type") in ("AL", "ER", "SU"):
+                app_acks.append({"id": row["id"], "channel": row["channel"],
+                                 "remote": row["remote"], "raw": row["raw"],
+                                 "charset": row["charset"], "status": status,
+                                 "error": error,
+                                 "mode": row["application_ack_type"]})
+        with self.store.engine.begin() as conn:
+            _record_backlog(conn, backlog)
+            conn.execute(update(messages).where(messages.c.id == bindparam("mid"),
+                                                messages.c.status == bindparam("was"))
                          .values(status=bindparam("st"), error=bindparam("err")), statuses)
             if new_rows:
                 conn.execute(insert(deliveries), new_rows)
@@ -297,7 +313,9 @@ class Router:
             gen = conn.execute(select(func.max(deliveries.c.generation))
                                .where(deliveries.c.message_id == message_id)).scalar()
             generation = 0 if gen is None else int(gen) + 1
-            status, error, dels = self._plan(r, now, generation=generation, conn=conn)
+            backlog: list[tuple[int, list[dict[str, Any]]]] = []
+            status, error, dels = self._plan(r, now, generation=generation, backlog=backlog)
+            _record_backlog(conn, backlog)
             if dels:
                 conn.execute(insert(deliveries), dels)
             conn.execute(update(messages).where(messages.c.id == message_id)
@@ -305,14 +323,15 @@ class Router:
         return len(dels), {d["partition"] for d in dels}
 
     def _plan(self, row: dict[str, Any], now: datetime, generation: int,
-              conn: Connection | None = None) -> tuple[str, str | None, list[dict[str, Any]]]:
+              backlog: list[tuple[int, list[dict[str, Any]]]] | None = None
+              ) -> tuple[str, str | None, list[dict[str, Any]]]:
+        """Evaluate one message; mapping-backlog entries are appended to `backlog` for the
+        caller to record in its write transaction."""
         ex = exchange_from_row(row)
         results = self.evaluate(ex)
         backlog_entries = [b for r in results for b in r.backlog]
-        if conn is not None and backlog_entries:
-            from .backlog import record
-
-            record(conn, int(row["id"]), backlog_entries)
+        if backlog is not None and backlog_entries:
+            backlog.append((int(row["id"]), backlog_entries))
         # Count each message's observations once, even when several routes normalise it.
         counts = next((r.counts for r in results if r.counts), {})
         for outcome, n in counts.items():

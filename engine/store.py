@@ -221,7 +221,9 @@ def make_engine(url: str) -> Engine:
             poolclass=QueuePool, pool_size=4, max_overflow=8,
         )
         event.listen(eng, "connect", _sqlite_pragmas)
-        WriteGate().install(eng)  # intake, router and delivery threads take turns, not naps
+        # Intake, router and delivery threads (and the worker process) take turns, not naps.
+        lock_file = f"{path}.gate" if path and path != ":memory:" else None
+        WriteGate(lock_file=lock_file).install(eng)
         return eng
     return create_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
 
@@ -250,6 +252,9 @@ class Store:
     def close(self) -> None:
         self._drop_intake_connection()
         self.engine.dispose()
+        gate = gate_of(self.engine)
+        if gate is not None:
+            gate.close()
 
     def ping(self) -> bool:
         with self.engine.connect() as conn:

@@ -11,15 +11,19 @@ ROLLBACK (or when its connection goes back to the pool, is invalidated or closed
 not take it (WAL readers never block). A writer that cannot get it within `timeout` goes on
 without it — SQLite's own locking still keeps the data right — and says so in the log, so a
 bug holding the gate can slow writers down but never stop them.
-Other processes on the same file (the CLI) are not covered: SQLite's busy handler is.
+Across processes (the intake process and its worker) an `flock` on a file beside the database
+does the same; other processes on the file (the CLI) are covered by SQLite's busy handler.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import re
 import threading
 import weakref
+from collections import deque
 from typing import Any
 
 from sqlalchemy import Engine, event
@@ -34,14 +38,31 @@ _WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER|WITH|BE
 
 
 class WriteGate:
-    def __init__(self, timeout: float = 10.0) -> None:
+    def __init__(self, timeout: float = 10.0, lock_file: str | None = None) -> None:
+        """`lock_file`: the gate spans processes too (the intake process and its worker,
+        engine/worker.py): whoever holds it in this process also holds an exclusive `flock`
+        on that file, which the kernel hands to the next process the moment it is released —
+        SQLite's busy handler between processes would sleep instead."""
         self.timeout = timeout
+        self._lock_fd: int | None = None
+        if lock_file is not None:
+            self._lock_fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
         self._cond = threading.Condition()
         self._owner: int | None = None  # the thread holding it; it may take it again
         self._depth = 0
         self._holders: dict[int, bool] = {}  # id(DBAPI connection) -> holds the gate
+        # First come, first served: a writer that releases the gate and asks again at once
+        # (the timeline committing a batch in short transactions) queues behind the writers
+        # already waiting — the intake's group commit among them — instead of barging back.
+        self._queue: deque[int] = deque()
+        self._next_ticket = 0
         self.waits = 0
         self.timeouts = 0
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def hold(self, dbapi_connection: Any) -> None:
         """Take the gate for this connection's transaction (no-op if it already has it)."""
@@ -50,17 +71,29 @@ class WriteGate:
         with self._cond:
             if key in self._holders:
                 return
-            if self._owner is not None and self._owner != me:
-                self.waits += 1
-                if not self._cond.wait_for(lambda: self._owner is None, self.timeout):
-                    self.timeouts += 1
-                    self._holders[key] = False
-                    log.warning("SQLite write gate not free after %.0f s; writing without it",
-                                self.timeout)
-                    return
+            if self._owner != me:
+                ticket = self._next_ticket
+                self._next_ticket += 1
+                self._queue.append(ticket)
+                if self._owner is not None or self._queue[0] != ticket:
+                    self.waits += 1
+                    if not self._cond.wait_for(
+                            lambda: self._owner is None and self._queue[0] == ticket,
+                            self.timeout):
+                        self.timeouts += 1
+                        self._queue.remove(ticket)
+                        self._holders[key] = False
+                        self._cond.notify_all()
+                        log.warning("SQLite write gate not free after %.0f s; writing without "
+                                    "it", self.timeout)
+                        return
+                self._queue.popleft()
             self._owner = me
             self._depth += 1
             self._holders[key] = True
+            first = self._depth == 1
+        if first and self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # waits for the other process's writer
 
     def release(self, dbapi_connection: Any) -> None:
         """The transaction ended (or its connection left): the next writer may go."""
@@ -69,8 +102,10 @@ class WriteGate:
                 return
             self._depth -= 1
             if self._depth == 0:
+                if self._lock_fd is not None:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
                 self._owner = None
-                self._cond.notify()
+                self._cond.notify_all()  # the one whose ticket is served goes
 
     def install(self, engine: Engine) -> None:
         """Wire the gate into an SQLite engine's statements, commits and pool."""

@@ -9,6 +9,7 @@ the patient exists.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,6 +65,9 @@ def _feed_state(status: str, response: str | None) -> str:
     return "pending"
 
 
+TRANSACTION_BUDGET_S = 0.02  # longest hold of the write lock by one timeline transaction
+
+
 class Timeline:
     def __init__(self, db: Engine, settings: TimelineSettings | None = None,
                  catalogue: Any = None,
@@ -86,30 +90,38 @@ class Timeline:
 
     def apply_many(self, envelopes: list[tuple[str, dict[str, Any], int]]
                    ) -> list[dict[str, int] | Exception | None]:
-        """Apply (order key, envelope, generation) triples in order in one transaction (one
-        commit, one hold of SQLite's write lock), each inside its own savepoint: one that fails is
-        rolled back alone and reported as its exception, the later envelopes of the same key
-        are not applied (None: they wait behind it), the others commit together."""
+        """Apply (order key, envelope, generation) triples in order, many to a transaction
+        (one commit, one hold of SQLite's write lock), each inside its own savepoint: one that
+        fails is rolled back alone and reported as its exception, the later envelopes of the
+        same key are not applied (None: they wait behind it). A transaction is committed
+        once it has held the lock for `TRANSACTION_BUDGET_S` and the next one begins: the
+        intake's group commit, queued on the same lock, never waits behind a whole batch."""
         out: list[dict[str, int] | Exception | None] = []
         stopped: set[str] = set()
-        with self.db.begin() as conn:
-            if conn.dialect.name == "sqlite":
-                # pysqlite opens no transaction before the first write, so the first SAVEPOINT
-                # would open a deferred one: its reads take a snapshot, and its first write then
-                # fails at once (SQLITE_BUSY_SNAPSHOT) if another writer committed meanwhile.
-                # One explicit transaction, with the write lock (and the engine's write gate)
-                # taken before the first read; the savepoints nest inside it.
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            for key, env, generation in envelopes:
-                if key in stopped:
-                    out.append(None)
-                    continue
-                try:
-                    with conn.begin_nested():
-                        out.append(self.applier.apply(conn, env, generation))
-                except Exception as exc:  # reported per envelope; the batch goes on
-                    out.append(exc)
-                    stopped.add(key)
+        i = 0
+        while i < len(envelopes):
+            with self.db.begin() as conn:
+                if conn.dialect.name == "sqlite":
+                    # pysqlite opens no transaction before the first write, so the first
+                    # SAVEPOINT would open a deferred one: its reads take a snapshot, and its
+                    # first write then fails at once (SQLITE_BUSY_SNAPSHOT) if another writer
+                    # committed meanwhile. One explicit transaction, with the write lock (and
+                    # the engine's write gate) taken before the first read.
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                started = time.monotonic()
+                while i < len(envelopes) and (
+                        time.monotonic() - started < TRANSACTION_BUDGET_S):
+                    key, env, generation = envelopes[i]
+                    i += 1
+                    if key in stopped:
+                        out.append(None)
+                        continue
+                    try:
+                        with conn.begin_nested():
+                            out.append(self.applier.apply(conn, env, generation))
+                    except Exception as exc:  # reported per envelope; the batch goes on
+                        out.append(exc)
+                        stopped.add(key)
         return out
 
     # -- access ---------------------------------------------------------------------------
