@@ -23,6 +23,7 @@ from .delivery import DeliveryRunner
 from .file_intake import FileIntake
 from .group_commit import GroupCommitter
 from .intake import Intake, IntakePolicy
+from .leases import PartitionLeases
 from .models import DeliveryStatus, deliveries
 from .router import Router
 from .settings import Settings
@@ -79,8 +80,18 @@ class Engine:
         self._dmp_versions = StoreDocumentVersions(self.store.engine)
         set_document_versions(self._dmp_versions)
         self.destinations: dict[str, Destination] = {}
-        self.bus = Bus(settings.broker_url, settings.partitions, self.runner.run_partition)
-        self.runner.notify = self.bus.notify
+        # Partitions are spread over the live engine processes by leases in the store; the
+        # bus consumes only the owned partitions' queues (engine/leases.py, engine/bus.py).
+        self.leases = PartitionLeases(self.store, settings.partitions,
+                                      lease_seconds=settings.lease_seconds)
+        self.bus = Bus(settings.broker_url, settings.partitions, self.runner.run_partition,
+                       consume=())
+        self.runner.leases = self.leases
+        self.runner.notify = self.notify_partition
+        self.leases.on_acquired = self._partition_acquired
+        self.leases.on_releasing = self._partition_releasing
+        self.leases.on_lost = self._partition_lost
+        self._passes: set[asyncio.Task[None]] = set()
         self.is_router = False
         self.metrics = Metrics(self._metrics_snapshot)
         self.intake.on_ack = lambda ch, _code, seconds: (
@@ -112,6 +123,7 @@ class Engine:
         if route:
             self._build_destinations(self.config)
             self.bus.start(self._loop)
+            await self.leases.start()
             self._tasks.append(asyncio.create_task(self._route_forever(), name="router"))
             self._tasks.append(asyncio.create_task(self._sweep_forever(), name="sweeper"))
         for ch in self.config.channels.values():
@@ -203,6 +215,32 @@ class Engine:
         self.runner.configure(new, config.destinations)
         return retired
 
+    # -- partition ownership ----------------------------------------------------------------
+
+    def notify_partition(self, partition: int) -> None:
+        """Work for `partition`: run it here if this process owns it, else tell its owner."""
+        if self.leases.token(partition) is not None:
+            task = asyncio.ensure_future(self.runner.run_partition(partition))
+            self._passes.add(task)
+            task.add_done_callback(self._passes.discard)
+        else:
+            self.bus.notify(partition)
+
+    async def _partition_acquired(self, partition: int) -> None:
+        """Consume its queue from now on, and sweep it from the store: notices sent while it
+        had no owner, or taken and dropped by the previous owner, are not needed."""
+        await self.bus.set_partitions(set(self.bus.consuming) | {partition})
+        self.notify_partition(partition)
+
+    async def _partition_releasing(self, partition: int) -> None:
+        """Before the lease is given back: no more notices, and the pass in flight (whose
+        next delivery `token()` already refuses) has recorded its outcome."""
+        await self.bus.set_partitions(set(self.bus.consuming) - {partition})
+        await self.runner.wait_idle(partition)
+
+    async def _partition_lost(self, partition: int) -> None:
+        await self.bus.set_partitions(set(self.bus.consuming) - {partition})
+
     async def _route_forever(self) -> None:
         while not self._stop.is_set():
             try:
@@ -215,7 +253,7 @@ class Engine:
                 count, touched, app_acks = await asyncio.to_thread(
                     self.router.route_batch, ROUTE_BATCH)
                 for p in touched:
-                    self.bus.notify(p)
+                    self.notify_partition(p)
                 if app_acks:
                     await self._send_application_acks(app_acks)
                 if count == 0:
@@ -267,12 +305,14 @@ class Engine:
         self._wake.clear()
 
     async def _sweep_forever(self) -> None:
-        """The store is the truth: re-announce every partition with due work, so a lost
-        notice (broker restart, killed consumer, missed timer) only ever delays work."""
+        """The store is the truth: run every owned partition with due work, so a lost
+        notice (broker restart, killed consumer, missed timer) only ever delays work. Each
+        process sweeps the partitions it owns; the others are their owners' to sweep."""
         while not self._stop.is_set():
             try:
                 for p in await asyncio.to_thread(self.due_partitions):
-                    self.bus.notify(p)
+                    if self.leases.token(p) is not None:
+                        self.notify_partition(p)
             except Exception:
                 log.exception("sweep failed")
             try:
@@ -322,7 +362,7 @@ class Engine:
         log.info("routes reloaded", extra={"routes": len(config.routes),
                                            "destinations": len(config.destinations)})
         for p in await asyncio.to_thread(self.due_partitions):
-            self.bus.notify(p)
+            self.notify_partition(p)
         return self.last_reload
 
     async def stop(self) -> None:
@@ -337,6 +377,9 @@ class Engine:
             except (asyncio.CancelledError, Exception):
                 pass
         self._tasks.clear()
+        # Passes finish and record their delivery in flight, then every lease goes back at
+        # once: the other processes take the partitions on their next tick.
+        await self.leases.stop()
         await asyncio.to_thread(self.bus.stop)
         await self.runner.aclose()  # no partition runs any more; in-flight ones record
         await asyncio.to_thread(self.router.release_leadership)

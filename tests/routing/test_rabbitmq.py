@@ -6,10 +6,11 @@ uses fixed queue names `parcours.partition.<p>`, so a vhost per test keeps runs 
 - Broker outage mid-stream: `rabbitmqctl stop_app` while messages keep coming; intake keeps
   answering AA (it never needs the broker), and once the broker is back every delivery is
   made exactly once, in order per patient.
-- A consumer process killed: two `parcours serve` processes share the store and the broker;
-  the one delivering gets SIGKILL mid-stream; the other takes its partitions (RabbitMQ
-  single-active-consumer) and the routing (advisory lock), every message arrives, per-patient
-  order holds, and at most the one delivery in flight at the kill arrives twice (same MSH-10).
+- A consumer process killed: two `parcours serve` processes share the store and the broker,
+  each owning half the partitions (leases, engine/leases.py); one gets SIGKILL mid-stream; the
+  other takes its partitions once their leases expire, and the routing (advisory lock); every
+  message arrives, per-patient order holds, and at most the delivery in flight at the kill on
+  each of its partitions arrives twice (same MSH-10). Three processes: tests/routing/test_scale_out.py.
 
 The downstream system is `Recorder`, an MLLP peer in this process that records every
 message it receives (patient, MSH-10, answer, sending connection) in arrival order.
@@ -542,8 +543,7 @@ async def test_killed_consumer_hands_its_partitions_over_in_order(
                 nonlocal killed, kill_started, kill_done
                 while len(peer.accepted()) < total // 6:
                     await asyncio.sleep(0.005)
-                # The process delivering right now is the one whose connection sent the
-                # latest message to the peer.
+                # A process delivering right now: the one that sent the latest message.
                 port = peer.arrivals[-1].peer_port
                 owners = [e for e in engines if port in e.local_ports()]
                 assert len(owners) == 1, f"cannot tell which process sent from port {port}"
@@ -574,11 +574,12 @@ async def test_killed_consumer_hands_its_partitions_over_in_order(
         store.dispose()
     before = [a for a in arrivals if a.at < kill_started]
     after = [a for a in arrivals if a.at > kill_done]
-    # The kill landed mid-stream. Before it, one process delivered everything (it was the
-    # single active consumer of every partition); after it, the survivor carried on.
+    # The kill landed mid-stream. Before it, both processes delivered (each owned half the
+    # partitions, engine/leases.py); after it, the survivor carried on alone.
     assert before and after, logs
     assert all(a.code == "AA" for a in arrivals)
-    assert not {a.peer_port for a in before} & survivor_ports, logs
+    assert {a.peer_port for a in before} & survivor_ports, logs
+    assert {a.peer_port for a in before} - survivor_ports, logs
     assert {a.peer_port for a in after} <= survivor_ports, logs
     # Every message arrived; a duplicate is only a delivery in flight at the kill: sent (and
     # maybe ACKed) but not yet recorded. Partitions run concurrently, so that is at most one
