@@ -15,7 +15,7 @@ from typing import Any
 from channels.folder import FileOutcome, FolderChannel, FolderSettings
 from channels.mllp import MLLPChannel, MLLPSettings
 from channels.outbound import Destination, build_destination
-from monitoring.metrics import Metrics, Snapshot
+from monitoring.metrics import Metrics, Ownership, Snapshot
 
 from .bus import Bus
 from .config import ChannelConfig, Config, ConfigError, load_file
@@ -93,7 +93,8 @@ class Engine:
         self.leases.on_lost = self._partition_lost
         self._passes: set[asyncio.Task[None]] = set()
         self.is_router = False
-        self.metrics = Metrics(self._metrics_snapshot)
+        self.metrics = Metrics(self._metrics_snapshot, ownership=lambda: Ownership(
+            len(self.leases.owned()), self.leases.fenced_outcomes))
         self.intake.on_ack = lambda ch, _code, seconds: (
             self.metrics.ack_latency.labels(ch).observe(seconds))
         self.runner.on_outcome = lambda dest, kind, seconds: (

@@ -139,8 +139,11 @@ class PartitionLeases:
         return h.token
 
     def owned(self) -> list[int]:
-        """Partitions held now (including the ones being given back after their pass)."""
-        return sorted(self._held)
+        """Partitions held now, including the ones being given back after their pass; not
+        the ones whose renewal is overdue (a stalled process that woke up owns nothing it
+        cannot prove)."""
+        now = time.monotonic()
+        return sorted(p for p, h in self._held.items() if now < h.valid_until)
 
     def check(self, conn: Any, partitions: set[int]) -> dict[int, int]:
         """In the outcome recorder's transaction: {partition: token} of the rows that still

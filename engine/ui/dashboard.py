@@ -168,4 +168,10 @@ def snapshot(engine: Engine) -> dict[str, Any]:
         "channels": channels, "destinations": destinations,
         "backlog_codes": engine.backlog_size(),
         "router": {"routed": engine.router.routed, "is_router": engine.is_router},
+        # This process's share of the partitions (engine/leases.py); the same number as the
+        # gauge parcours_partitions_owned on /metrics.
+        "partitions": {"owned": len(engine.leases.owned()),
+                       "total": engine.settings.partitions,
+                       "members": len(engine.leases.members),
+                       "fenced": engine.leases.fenced_outcomes},
     }

@@ -10,7 +10,7 @@ uses fixed queue names `parcours.partition.<p>`, so a vhost per test keeps runs 
   each owning half the partitions (leases, engine/leases.py); one gets SIGKILL mid-stream; the
   other takes its partitions once their leases expire, and the routing (advisory lock); every
   message arrives, per-patient order holds, and at most the delivery in flight at the kill on
-  each of its partitions arrives twice (same MSH-10). Three processes: tests/routing/test_scale_out.py.
+  each of its partitions arrives twice (same MSH-10). Three processes: test_scale_out.py.
 
 The downstream system is `Recorder`, an MLLP peer in this process that records every
 message it receives (patient, MSH-10, answer, sending connection) in arrival order.
