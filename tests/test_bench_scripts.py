@@ -38,3 +38,17 @@ def test_store_floor_bench_runs() -> None:
     out = run("bench/store_floor.py", "--batches", "3", "--batch", "2")
     assert [line.split(" |")[0] for line in out.splitlines()[2:]] == ["| FULL", "| NORMAL",
                                                                        "| OFF"]
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.postgres
+def test_scale_bench_runs_on_postgres_and_rabbitmq() -> None:
+    from tests.conftest import PG_HOST, PG_PORT, require_service
+    from tests.routing.test_rabbitmq import _broker_address
+
+    require_service("PostgreSQL", PG_HOST, PG_PORT)
+    require_service("RabbitMQ", *_broker_address())
+    out = run("bench/scale.py", "--messages", "30", "--processes", "1", "2")
+    rows = [line.split(" |")[:2] for line in out.splitlines() if line.startswith("| 1 |")
+            or line.startswith("| 2 |")]
+    assert rows == [["| 1", " 8"], ["| 2", " 4 + 4"]]
