@@ -92,6 +92,8 @@ class Engine:
         self.leases.on_releasing = self._partition_releasing
         self.leases.on_lost = self._partition_lost
         self._passes: set[asyncio.Task[None]] = set()
+        self._running: set[int] = set()  # partitions with a local pass running or queued
+        self._again: set[int] = set()  # ... and notified again meanwhile
         self.is_router = False
         self.metrics = Metrics(self._metrics_snapshot, ownership=lambda: Ownership(
             len(self.leases.owned()), self.leases.fenced_outcomes))
@@ -219,13 +221,30 @@ class Engine:
     # -- partition ownership ----------------------------------------------------------------
 
     def notify_partition(self, partition: int) -> None:
-        """Work for `partition`: run it here if this process owns it, else tell its owner."""
-        if self.leases.token(partition) is not None:
-            task = asyncio.ensure_future(self.runner.run_partition(partition))
+        """Work for `partition`: run it here if this process owns it, else tell its owner.
+
+        Coalesced: while a pass of the partition runs, any number of notices make one more
+        pass after it (the router touches every partition every batch; queueing one pass
+        per notice re-read the outbox for nothing and starved intake)."""
+        if self.leases.token(partition) is None:
+            self.bus.notify(partition)
+        elif partition in self._running:
+            self._again.add(partition)
+        else:
+            self._running.add(partition)
+            task = asyncio.ensure_future(self._run_owned(partition))
             self._passes.add(task)
             task.add_done_callback(self._passes.discard)
-        else:
-            self.bus.notify(partition)
+
+    async def _run_owned(self, partition: int) -> None:
+        try:
+            while True:
+                self._again.discard(partition)
+                await self.runner.run_partition(partition)
+                if partition not in self._again:
+                    return
+        finally:
+            self._running.discard(partition)
 
     async def _partition_acquired(self, partition: int) -> None:
         """Consume its queue from now on, and sweep it from the store: notices sent while it
