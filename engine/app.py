@@ -84,8 +84,7 @@ class Engine:
         # bus consumes only the owned partitions' queues (engine/leases.py, engine/bus.py).
         self.leases = PartitionLeases(self.store, settings.partitions,
                                       lease_seconds=settings.lease_seconds)
-        self.bus = Bus(settings.broker_url, settings.partitions, self.runner.run_partition,
-                       consume=())
+        self.bus = Bus(settings.broker_url, settings.partitions, self._on_notice, consume=())
         self.runner.leases = self.leases
         self.runner.notify = self.notify_partition
         self.leases.on_acquired = self._partition_acquired
@@ -236,7 +235,19 @@ class Engine:
             self._passes.add(task)
             task.add_done_callback(self._passes.discard)
 
+    async def _on_notice(self, partition: int) -> None:
+        """A notice from the bus, coalesced the same way (each owned queue has its own
+        prefetch window: one pass per notice would queue many passes a partition)."""
+        if self.leases.token(partition) is None:
+            return
+        if partition in self._running:
+            self._again.add(partition)
+            return
+        self._running.add(partition)
+        await self._run_owned(partition)
+
     async def _run_owned(self, partition: int) -> None:
+        """Passes of an owned partition until no notice came in meanwhile."""
         try:
             while True:
                 self._again.discard(partition)

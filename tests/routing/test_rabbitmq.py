@@ -473,6 +473,29 @@ class EngineProcess:
             self.kill()
 
 
+def partitions_owned(e: EngineProcess) -> int:
+    """The process's own `parcours_partitions_owned` gauge, from its /metrics."""
+    url = f"http://127.0.0.1:{e.http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("parcours_partitions_owned "):
+                return int(float(line.split()[1]))
+    raise AssertionError("parcours_partitions_owned not on /metrics")
+
+
+async def wait_owned(engines: list[EngineProcess], shares: list[int],
+                     timeout: float = 30.0) -> None:
+    """Until the processes own these numbers of partitions (a process that just joined gets
+    its share a lease tick or two after the others gave theirs back)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = [await asyncio.to_thread(partitions_owned, e) for e in engines]
+        if sorted(got) == sorted(shares):
+            return
+        assert time.monotonic() < deadline, f"partitions owned {got}, expected {shares}"
+        await asyncio.sleep(0.1)
+
+
 KILL_PATIENTS = 40
 KILL_PER_PATIENT = 12
 KILL_CONNECTIONS = 8
@@ -510,6 +533,7 @@ async def test_killed_consumer_hands_its_partitions_over_in_order(
             for e in engines:
                 e.start()
                 await asyncio.to_thread(e.wait_ready)
+            await wait_owned(engines, [4, 4])
 
             async def sender(c: int, batch: list[bytes]) -> list[str]:
                 """Like a sender behind a TCP balancer: when its engine dies, it resends the
