@@ -17,8 +17,8 @@ COPY mappings ./mappings
 COPY monitoring ./monitoring
 RUN pip install --no-cache-dir . \
     && useradd --system --home-dir /var/lib/parcours parcours \
-    && mkdir -p /var/lib/parcours /etc/parcours \
-    && chown parcours /var/lib/parcours
+    && mkdir -p /var/lib/parcours/out /etc/parcours \
+    && chown -R parcours /var/lib/parcours
 COPY routes.yaml /etc/parcours/routes.yaml
 
 USER parcours

@@ -15,7 +15,7 @@ from typing import Any
 from channels.folder import FileOutcome, FolderChannel, FolderSettings
 from channels.mllp import MLLPChannel, MLLPSettings
 from channels.outbound import Destination, build_destination
-from monitoring.metrics import Metrics, Snapshot
+from monitoring.metrics import Metrics, Ownership, Snapshot
 
 from .bus import Bus
 from .config import ChannelConfig, Config, ConfigError, load_file
@@ -23,6 +23,7 @@ from .delivery import DeliveryRunner
 from .file_intake import FileIntake
 from .group_commit import GroupCommitter
 from .intake import Intake, IntakePolicy
+from .leases import PartitionLeases
 from .local_bus import LocalBus
 from .models import DeliveryStatus, deliveries
 from .router import Router
@@ -87,22 +88,34 @@ class Engine:
         self._dmp_versions = StoreDocumentVersions(self.store.engine)
         set_document_versions(self._dmp_versions)
         self.destinations: dict[str, Destination] = {}
-        self.bus: Bus | LocalBus = (
-            LocalBus(settings.partitions, self.runner.run_partition)
+        # Partitions are spread over the live engine processes by leases in the store; the
+        # bus consumes only the owned partitions' queues (engine/leases.py, engine/bus.py).
+        # Embedded, one process owns them all: notices stay in the process (local_bus.py).
+        self.leases = PartitionLeases(self.store, settings.partitions,
+                                      lease_seconds=settings.lease_seconds)
+        self.bus: Bus | LocalBus | Any = (
+            LocalBus(settings.partitions, self._on_notice)
             if settings.broker_url.startswith("memory") else
-            Bus(settings.broker_url, settings.partitions, self.runner.run_partition))
+            Bus(settings.broker_url, settings.partitions, self._on_notice, consume=()))
         if worker_argv is not None:
             import os
 
             from .worker import WorkerLink
 
             self.worker = WorkerLink(worker_argv, worker_env or dict(os.environ),
-                                     self._worker_stats,
-                                     self._send_application_acks)
-            self.bus = self.worker  # notices go to the worker, which owns the partitions
-        self.runner.notify = self.bus.notify
+                                     self._worker_stats, self._send_application_acks)
+            self.bus = self.worker  # this process owns no partition: notices go there
+        self.runner.leases = self.leases
+        self.runner.notify = self.notify_partition
+        self.leases.on_acquired = self._partition_acquired
+        self.leases.on_releasing = self._partition_releasing
+        self.leases.on_lost = self._partition_lost
+        self._passes: set[asyncio.Task[None]] = set()
+        self._running: set[int] = set()  # partitions with a local pass running or queued
+        self._again: set[int] = set()  # ... and notified again meanwhile
         self.is_router = False
-        self.metrics = Metrics(self._metrics_snapshot)
+        self._worker_ownership: tuple[int, int] = (0, 0)
+        self.metrics = Metrics(self._metrics_snapshot, ownership=self.metrics_ownership)
         self.intake.on_ack = lambda ch, _code, seconds: (
             self.metrics.ack_latency.labels(ch).observe(seconds))
         self.runner.on_outcome = lambda dest, kind, seconds: (
@@ -127,6 +140,12 @@ class Engine:
         elif self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
 
+    def metrics_ownership(self) -> Ownership:
+        """Partitions this engine delivers: its worker's when it has one."""
+        if self.worker is not None:
+            return Ownership(*self._worker_ownership)
+        return Ownership(len(self.leases.owned()), self.leases.fenced_outcomes)
+
     def _worker_stats(self, stats: dict[str, Any]) -> None:
         """The worker's counters, for /metrics and the dashboard of the intake process."""
         from .delivery import DeliveryStats
@@ -136,6 +155,7 @@ class Engine:
         self.router.normalisation_counts = dict(stats.get("normalisation") or {})
         self.router.routed = int(stats.get("routed") or 0)
         self.is_router = bool(stats.get("is_router"))
+        self._worker_ownership = (int(stats.get("owned") or 0), int(stats.get("fenced") or 0))
 
     def _stats_line(self) -> str:
         import json
@@ -144,7 +164,8 @@ class Engine:
         return json.dumps({"stats": {
             "destinations": {n: asdict(st) for n, st in self.runner.stats.items()},
             "normalisation": self.router.normalisation_counts, "routed": self.router.routed,
-            "is_router": self.is_router}})
+            "is_router": self.is_router, "owned": len(self.leases.owned()),
+            "fenced": self.leases.fenced_outcomes}})
 
     async def _report_forever(self) -> None:
         from .worker import IntakeLink
@@ -167,13 +188,14 @@ class Engine:
         if self.is_worker:
             from .worker import IntakeLink
 
-            IntakeLink(on_wake=self._wake.set, on_notify=self.bus.notify,
+            IntakeLink(on_wake=self._wake.set, on_notify=self.notify_partition,
                        on_reload=self.reload, on_gone=self._stop.set).start(self._loop)
             self._tasks.append(asyncio.create_task(self._report_forever(), name="report"))
             http = False
         if route:
             self._build_destinations(self.config)
             self.bus.start(self._loop)
+            await self.leases.start()
             self._tasks.append(asyncio.create_task(self._route_forever(), name="router"))
             self._tasks.append(asyncio.create_task(self._sweep_forever(), name="sweeper"))
         for ch in self.config.channels.values():
@@ -265,6 +287,61 @@ class Engine:
         self.runner.configure(new, config.destinations)
         return retired
 
+    # -- partition ownership ----------------------------------------------------------------
+
+    def notify_partition(self, partition: int) -> None:
+        """Work for `partition`: run it here if this process owns it, else tell its owner.
+
+        Coalesced: while a pass of the partition runs, any number of notices make one more
+        pass after it (the router touches every partition every batch; queueing one pass
+        per notice re-read the outbox for nothing and starved intake)."""
+        if self.leases.token(partition) is None:
+            self.bus.notify(partition)
+        elif partition in self._running:
+            self._again.add(partition)
+        else:
+            self._running.add(partition)
+            task = asyncio.ensure_future(self._run_owned(partition))
+            self._passes.add(task)
+            task.add_done_callback(self._passes.discard)
+
+    async def _on_notice(self, partition: int) -> None:
+        """A notice from the bus, coalesced the same way (each owned queue has its own
+        prefetch window: one pass per notice would queue many passes a partition)."""
+        if self.leases.token(partition) is None:
+            return
+        if partition in self._running:
+            self._again.add(partition)
+            return
+        self._running.add(partition)
+        await self._run_owned(partition)
+
+    async def _run_owned(self, partition: int) -> None:
+        """Passes of an owned partition until no notice came in meanwhile."""
+        try:
+            while True:
+                self._again.discard(partition)
+                await self.runner.run_partition(partition)
+                if partition not in self._again:
+                    return
+        finally:
+            self._running.discard(partition)
+
+    async def _partition_acquired(self, partition: int) -> None:
+        """Consume its queue from now on, and sweep it from the store: notices sent while it
+        had no owner, or taken and dropped by the previous owner, are not needed."""
+        await self.bus.set_partitions(set(self.bus.consuming) | {partition})
+        self.notify_partition(partition)
+
+    async def _partition_releasing(self, partition: int) -> None:
+        """Before the lease is given back: no more notices, and the pass in flight (whose
+        next delivery `token()` already refuses) has recorded its outcome."""
+        await self.bus.set_partitions(set(self.bus.consuming) - {partition})
+        await self.runner.wait_idle(partition)
+
+    async def _partition_lost(self, partition: int) -> None:
+        await self.bus.set_partitions(set(self.bus.consuming) - {partition})
+
     async def _route_forever(self) -> None:
         while not self._stop.is_set():
             try:
@@ -277,7 +354,7 @@ class Engine:
                 count, touched, app_acks = await asyncio.to_thread(
                     self.router.route_batch, ROUTE_BATCH)
                 for p in touched:
-                    self.bus.notify(p)
+                    self.notify_partition(p)
                 if app_acks:
                     await self._send_application_acks(app_acks)
                 if count == 0:
@@ -334,12 +411,14 @@ class Engine:
         self._wake.clear()
 
     async def _sweep_forever(self) -> None:
-        """The store is the truth: re-announce every partition with due work, so a lost
-        notice (broker restart, killed consumer, missed timer) only ever delays work."""
+        """The store is the truth: run every owned partition with due work, so a lost
+        notice (broker restart, killed consumer, missed timer) only ever delays work. Each
+        process sweeps the partitions it owns; the others are their owners' to sweep."""
         while not self._stop.is_set():
             try:
                 for p in await asyncio.to_thread(self.due_partitions):
-                    self.bus.notify(p)
+                    if self.leases.token(p) is not None:
+                        self.notify_partition(p)
             except Exception:
                 log.exception("sweep failed")
             try:
@@ -393,7 +472,7 @@ class Engine:
         log.info("routes reloaded", extra={"routes": len(config.routes),
                                            "destinations": len(config.destinations)})
         for p in await asyncio.to_thread(self.due_partitions):
-            self.bus.notify(p)
+            self.notify_partition(p)
         return self.last_reload
 
     async def stop(self) -> None:
@@ -410,6 +489,9 @@ class Engine:
         self._tasks.clear()
         if self.worker is not None:
             await self.worker.aclose()  # it finishes and records what it has in flight
+        # Passes finish and record their delivery in flight, then every lease goes back at
+        # once: the other processes take the partitions on their next tick.
+        await self.leases.stop()
         await asyncio.to_thread(self.bus.stop)
         await self.runner.aclose()  # no partition runs any more; in-flight ones record
         await asyncio.to_thread(self.router.release_leadership)

@@ -4,12 +4,16 @@ engine/local_bus.py instead).
 Why notices and not the deliveries themselves: the store is the truth. A notice lost with a
 broker, or redelivered twice, changes nothing — the partition runner reads what is pending
 from the store. The bus exists to spread partitions over engine processes with per-patient
-order: N durable queues `parcours.partition.<p>`, each declared with RabbitMQ's
-single-active-consumer, so at any time one process drains a partition; when it dies its
-unacknowledged notices go to the next consumer, which finds the work in the store.
+order: N durable queues `parcours.partition.<p>`. A process consumes only the queues of the
+partitions it holds a lease on (engine/leases.py): `set_partitions` adds and cancels
+per-queue consumers as ownership moves, so a notice reaches the owner. The queues keep
+RabbitMQ's single-active-consumer as a second guard during a hand-over (the old owner's
+consumer stays the active one until it cancels). A notice published while a partition has
+no consumer waits in its durable queue; one the old owner took and dropped is covered by
+the new owner's sweep of the store at acquisition.
 
-Threading: kombu is blocking, so one consumer thread per process drains every partition
-queue and hands each notice to the event loop; a notice is acknowledged from that same
+Threading: kombu is blocking, so one consumer thread per process drains the owned partition
+queues and hands each notice to the event loop; a notice is acknowledged from that same
 thread once the loop has finished the partition pass it triggered (pyamqp channels are not
 thread-safe). Publishing happens from a separate thread-owned connection with publisher
 confirms.
@@ -29,7 +33,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
 
@@ -67,7 +71,10 @@ class Bus:
         on_notice: Callable[[int], Awaitable[None]],
         *,
         prefetch: int | None = None,
+        consume: Iterable[int] | None = None,
     ) -> None:
+        """`consume`: the partitions to consume at start (None: every one); the engine
+        starts with none and follows its leases through `set_partitions`."""
         self.url = url
         self.partitions = partitions
         self._on_notice = on_notice
@@ -83,6 +90,10 @@ class Bus:
         self.published = 0
         self.consumed = 0
         self.publish_failures = 0
+        self._wanted: frozenset[int] = frozenset(range(partitions) if consume is None
+                                                 else consume)
+        self._wanted_version = 0
+        self._applied_version = -1
 
     @property
     def is_memory(self) -> bool:
@@ -112,6 +123,24 @@ class Bus:
     def notify(self, partition: int) -> None:
         """Thread-safe, non-blocking: tell whoever owns `partition` to look at the store."""
         self._outbox.put(partition)
+
+    @property
+    def consuming(self) -> frozenset[int]:
+        return self._wanted
+
+    async def set_partitions(self, partitions: Iterable[int], timeout: float = 5.0) -> None:
+        """Consume exactly these partition queues. Returns once the consumer thread has
+        added and cancelled the consumers (basic.cancel is confirmed by the broker, and
+        notices delivered before it were handed to the loop), or the bus is not connected
+        (then nothing is consumed at all and the next connection starts from this set)."""
+        self._wanted = frozenset(partitions)
+        self._wanted_version += 1
+        version = self._wanted_version
+        deadline = time.monotonic() + timeout
+        while (self._applied_version < version and self.connected
+               and self._consumer_thread is not None and self._consumer_thread.is_alive()
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.01)
 
     # -- publisher ------------------------------------------------------------------------
 
@@ -201,7 +230,6 @@ class Bus:
     def _consume(self, conn: Connection) -> None:
         channel = conn.channel()
         channel.basic_qos(0, self._prefetch, False)
-        queues = [partition_queue(p) for p in range(self.partitions)]
         in_flight: list[tuple[Any, Future[None]]] = []
 
         def on_message(body: dict[str, Any], message: Any) -> None:
@@ -213,38 +241,52 @@ class Bus:
             fut = asyncio.run_coroutine_threadsafe(self._on_notice(p), self._loop)
             in_flight.append((message, fut))
 
+        consumers: dict[int, Consumer] = {}
+
+        def follow_ownership() -> None:
+            version = self._wanted_version
+            wanted = self._wanted
+            for p in sorted(set(consumers) - wanted):
+                consumers.pop(p).cancel()
+            for p in sorted(wanted - set(consumers)):
+                c = Consumer(channel, queues=[partition_queue(p)], callbacks=[on_message],
+                             accept=["json"], no_ack=False)
+                c.consume()
+                consumers[p] = c
+            self._applied_version = version
+
         try:
-            with Consumer(channel, queues=queues, callbacks=[on_message], accept=["json"],
-                          no_ack=False):
-                self.connected = True
-                log.info("bus consumer ready", extra={"partitions": self.partitions,
-                                                      "transport": conn.transport_cls})
-                while not self._stop.is_set():
-                    try:
-                        conn.drain_events(timeout=0.05)
-                    except TimeoutError:
-                        pass
-                    except OSError as exc:
-                        if "timed out" not in str(exc):
-                            raise
-                    conn.heartbeat_check()  # no-op on the memory transport
-                    # Ack, from this thread, the notices whose partition pass has finished.
-                    still: list[tuple[Any, Future[None]]] = []
-                    for message, fut in in_flight:
-                        if fut.done():
-                            if not fut.cancelled() and fut.exception() is not None:
-                                log.error("partition pass failed",
-                                          extra={"error": repr(fut.exception())})
-                            message.ack()
-                        else:
-                            still.append((message, fut))
-                    in_flight[:] = still
+            follow_ownership()
+            self.connected = True
+            log.info("bus consumer ready", extra={"partitions": len(consumers),
+                                                  "transport": conn.transport_cls})
+            while not self._stop.is_set():
+                if self._applied_version != self._wanted_version:
+                    follow_ownership()
+                try:
+                    conn.drain_events(timeout=0.05)
+                except TimeoutError:
+                    pass
+                except OSError as exc:
+                    if "timed out" not in str(exc):
+                        raise
+                conn.heartbeat_check()  # no-op on the memory transport
+                # Ack, from this thread, the notices whose partition pass has finished.
+                still: list[tuple[Any, Future[None]]] = []
+                for message, fut in in_flight:
+                    if fut.done():
+                        if not fut.cancelled() and fut.exception() is not None:
+                            log.error("partition pass failed",
+                                      extra={"error": repr(fut.exception())})
+                        message.ack()
+                    else:
+                        still.append((message, fut))
+                in_flight[:] = still
         finally:
             self.connected = False
-            # Notices not acknowledged go back to the broker with this connection, and from
-            # there to the next active consumer, maybe in another process, which drains those
-            # partitions from the store. Stop the passes they started here, so a partition is
-            # never drained by two processes at once (duplicates, per-patient order broken).
-            # At most the item being sent at this moment is sent again by the next owner.
+            # Notices not acknowledged go back to the broker with this connection. Stop the
+            # passes they started here (each finishes and records its delivery in flight):
+            # the lease, not the connection, says who owns the partition, and the owner's
+            # sweep restarts the pass from the store.
             for _message, fut in in_flight:
                 fut.cancel()

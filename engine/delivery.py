@@ -30,6 +30,7 @@ from channels.outbound.base import (
 )
 
 from .group_commit import Batcher
+from .leases import LeaseLost, OutcomeFenced, PartitionLeases
 from .models import DeliveryStatus, MessageStatus, deliveries, delivery_attempts, messages
 from .store import Store
 
@@ -89,6 +90,9 @@ class DeliveryRunner:
             self._record_each, name="parcours-outcomes")
         self._recorder_started = False
         self._in_flight: set[asyncio.Future[tuple[Outcome, datetime | None]]] = set()
+        # Set by the engine: which partitions this process may deliver, and the fencing
+        # check of the recorder's transaction (None: no check, e.g. a CLI retry).
+        self.leases: PartitionLeases | None = None
 
     async def aclose(self, timeout: float = 30.0) -> None:
         """Let deliveries in flight record their outcome (a pass taken away finishes its
@@ -117,15 +121,28 @@ class DeliveryRunner:
 
     async def run_partition(self, partition: int) -> None:
         """Deliver everything due in `partition`. Serialised per partition in this process;
-        the bus's single-active-consumer serialises it across processes."""
+        the partition's lease (engine/leases.py) serialises it across processes."""
+        if self.leases is not None and self.leases.token(partition) is None:
+            return  # another process owns it (a notice that raced a hand-over)
         lock = self._locks.setdefault(partition, asyncio.Lock())
         async with lock:
-            while True:
-                progressed, next_due = await self._pass(partition)
-                if not progressed:
-                    break
+            try:
+                while True:
+                    progressed, next_due = await self._pass(partition)
+                    if not progressed:
+                        break
+            except LeaseLost as exc:
+                if self.leases is not None:
+                    self.leases.stopped(exc)
+                return
             if next_due is not None:
                 self._schedule(partition, next_due)
+
+    async def wait_idle(self, partition: int) -> None:
+        """Return once no pass of `partition` runs in this process (its delivery in flight
+        recorded): what a process waits for before giving the partition's lease back."""
+        async with self._locks.setdefault(partition, asyncio.Lock()):
+            pass
 
     def _schedule(self, partition: int, due: datetime) -> None:
         delay = max(0.0, (due - datetime.now(UTC)).total_seconds())
@@ -211,6 +228,8 @@ class DeliveryRunner:
                      if not (ordered and (dest_name, _order_key(r)) in blocked)]
             if not chunk:
                 continue
+            for row in chunk:
+                self._hold_lease(row)
             outcomes = await self._attempt_batch(dest_name, chunk)
             tried = [(row, o) for row, o in zip(chunk, outcomes, strict=True) if o is not None]
             if not tried:
@@ -227,6 +246,30 @@ class DeliveryRunner:
                 if o is None and ordered:  # not attempted: it waits behind its patient
                     blocked.add((dest_name, _order_key(row)))
         return results
+
+    def _hold_lease(self, row: dict[str, Any]) -> None:
+        """No destination is called for a partition this process may have lost; the token
+        goes with the outcome to the recorder, which writes it only under that token."""
+        if self.leases is None:
+            return
+        token = self.leases.token(row["partition"])
+        if token is None:
+            raise LeaseLost(row["partition"])
+        row["_lease_token"] = token
+
+    def _check_leases(self, conn: Any, done: list[tuple[dict[str, Any], Outcome]]) -> None:
+        """Fencing, in the outcome transaction: refuse the whole batch if one outcome's
+        partition moved to another process; `_record_each` then redoes it row by row, so
+        only the stale owner's outcomes fail (OutcomeFenced stops their pass)."""
+        if self.leases is None:
+            return
+        rows = [row for row, _ in done if "_lease_token" in row]
+        if not rows:
+            return
+        held = self.leases.check(conn, {row["partition"] for row in rows})
+        stale = [row for row in rows if held.get(row["partition"]) != row["_lease_token"]]
+        if stale:
+            raise OutcomeFenced(stale[0]["partition"], [row["id"] for row in stale])
 
     async def _attempt_batch(self, dest_name: str, rows: list[dict[str, Any]]
                              ) -> list[Outcome | None]:
@@ -298,6 +341,7 @@ class DeliveryRunner:
         now = datetime.now(UTC)
         plans = [self._plan(row, outcome, now) for row, outcome in done]
         with self.store.engine.begin() as conn:
+            self._check_leases(conn, done)
             by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
             for (row, _), plan in zip(done, plans, strict=True):
                 values = plan[1]

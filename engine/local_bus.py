@@ -32,6 +32,13 @@ class LocalBus:
         self.consumed = 0
         self.publish_failures = 0
 
+    @property
+    def consuming(self) -> frozenset[int]:
+        return frozenset(range(self.partitions))
+
+    async def set_partitions(self, partitions: set[int]) -> None:
+        """One process owns every partition: nothing to subscribe to or cancel."""
+
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.connected = True

@@ -237,7 +237,37 @@ class DmpDocument(Base):
     )
 
 
+class PartitionLease(Base):
+    """Who may deliver a partition, until when, under which fencing token.
+
+    Why a token and not only an owner: a process that stalled past its lease (GC pause, lost
+    network, SIGSTOP) still believes it owns the partition when it wakes. The token grows on
+    every change of owner, and the outcome recorder writes only while the row still carries
+    the token the pass started with, so the stale owner's writes are refused (engine/leases.py).
+    Migration 0010_leases.
+    """
+
+    __tablename__ = "partition_leases"
+
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    owner: Mapped[str | None] = mapped_column(String(128))
+    token: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class EngineMember(Base):
+    """A live engine process: its heartbeat decides how many partitions each process takes."""
+
+    __tablename__ = "engine_members"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 messages = Message.__table__
+partition_leases = PartitionLease.__table__
+engine_members = EngineMember.__table__
 dmp_documents = DmpDocument.__table__
 mapping_backlog = MappingBacklog.__table__
 mapping_backlog_messages = MappingBacklogMessage.__table__

@@ -23,6 +23,7 @@ class Settings:
     mappings_dir: Path = Path(__file__).resolve().parent.parent / "mappings"
     partitions: int = 8
     sweep_interval: float = 2.0
+    lease_seconds: float = 3.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -41,6 +42,8 @@ class Settings:
             "mappings_dir": Path(e.get("PARCOURS_MAPPINGS_DIR")
                                  or Path(__file__).resolve().parent.parent / "mappings"),
             "sweep_interval": float(e.get("PARCOURS_SWEEP_INTERVAL", "2.0")),
+            # A partition's lease: a killed process's partitions are taken over after it.
+            "lease_seconds": float(e.get("PARCOURS_LEASE_SECONDS", "3.0")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

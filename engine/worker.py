@@ -177,6 +177,13 @@ class WorkerLink:
     def stop(self, timeout: float = 10.0) -> None:
         """The bus interface's stop (called from a thread); `aclose` does the work."""
 
+    @property
+    def consuming(self) -> frozenset[int]:
+        return frozenset()
+
+    async def set_partitions(self, partitions: set[int]) -> None:
+        """The intake process owns no partition."""
+
 
 class IntakeLink:
     """The worker's side: reads the intake process's words, writes stats and ACK requests."""

@@ -122,10 +122,37 @@ class _Collector:
         yield stored
 
 
+@dataclass
+class Ownership:
+    """What this process owns of the partitions, read live at every scrape (not cached: a
+    takeover is measured in seconds and must show as it happens)."""
+
+    partitions_owned: int = 0
+    fenced_outcomes: int = 0
+
+
+class _OwnershipCollector:
+    def __init__(self, read: Callable[[], Ownership]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        o = self._read()
+        owned = GaugeMetricFamily("parcours_partitions_owned",
+                                  "Partitions whose lease this engine process holds.")
+        owned.add_metric([], o.partitions_owned)
+        fenced = CounterMetricFamily(
+            "parcours_delivery_outcomes_fenced",
+            "Delivery outcomes refused because the partition's lease had moved to another "
+            "process (a stale owner's writes).")
+        fenced.add_metric([], o.fenced_outcomes)
+        yield from (owned, fenced)
+
+
 class Metrics:
     """One registry per engine (tests run several engines in one process)."""
 
-    def __init__(self, snapshot: Callable[[], Snapshot], cache_seconds: float = 2.0) -> None:
+    def __init__(self, snapshot: Callable[[], Snapshot], cache_seconds: float = 2.0,
+                 ownership: Callable[[], Ownership] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self._snapshot_fn = snapshot
         self._cache_seconds = cache_seconds
@@ -143,6 +170,7 @@ class Metrics:
             "Duration of one delivery attempt.", ["destination", "outcome"],
             buckets=LATENCY_BUCKETS, registry=self.registry)
         self.registry.register(_Collector(self._snapshot))
+        self.registry.register(_OwnershipCollector(ownership or Ownership))
 
     def _snapshot(self) -> Snapshot:
         now = time.monotonic()

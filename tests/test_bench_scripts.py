@@ -140,3 +140,15 @@ def _children(pid: int) -> list[int]:
         if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
             found.append(int(entry.name))
     return found
+@pytest.mark.rabbitmq
+@pytest.mark.postgres
+def test_scale_bench_runs_on_postgres_and_rabbitmq() -> None:
+    from tests.conftest import PG_HOST, PG_PORT, require_service
+    from tests.routing.test_rabbitmq import _broker_address
+
+    require_service("PostgreSQL", PG_HOST, PG_PORT)
+    require_service("RabbitMQ", *_broker_address())
+    out = run("bench/scale.py", "--messages", "30", "--processes", "1", "2")
+    rows = [line.split(" |")[:2] for line in out.splitlines() if line.startswith("| 1 |")
+            or line.startswith("| 2 |")]
+    assert rows == [["| 1", " 8"], ["| 2", " 4 + 4"]]

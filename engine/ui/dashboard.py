@@ -189,4 +189,11 @@ def snapshot(engine: Engine) -> dict[str, Any]:
         "backlog_codes": engine.backlog_size(),
         "conflicts_open": _conflicts_open(engine),
         "router": {"routed": engine.router.routed, "is_router": engine.is_router},
+        # This process's share of the partitions (engine/leases.py); the same number as the
+        # gauge parcours_partitions_owned on /metrics.
+        # With a worker process (engine/worker.py), the worker's share, as it reports it.
+        "partitions": {"owned": engine.metrics_ownership().partitions_owned,
+                       "total": engine.settings.partitions,
+                       "members": len(engine.leases.members) or 1,
+                       "fenced": engine.metrics_ownership().fenced_outcomes},
     }

@@ -4,12 +4,14 @@ Each test gets a fresh PostgreSQL database (`pg_url`) and a fresh RabbitMQ vhost
 uses fixed queue names `parcours.partition.<p>`, so a vhost per test keeps runs apart).
 
 - Broker outage mid-stream: `rabbitmqctl stop_app` while messages keep coming; intake keeps
-  answering AA (it never needs the broker), and once the broker is back every delivery is
-  made exactly once, in order per patient.
-- A consumer process killed: two `parcours serve` processes share the store and the broker;
-  the one delivering gets SIGKILL mid-stream; the other takes its partitions (RabbitMQ
-  single-active-consumer) and the routing (advisory lock), every message arrives, per-patient
-  order holds, and at most the one delivery in flight at the kill arrives twice (same MSH-10).
+  answering AA and delivery goes on (neither needs the broker: a process runs the partitions
+  it owns by leases in the store), and every delivery is made exactly once, in order per
+  patient, across the outage.
+- A consumer process killed: two `parcours serve` processes share the store and the broker,
+  each owning half the partitions (leases, engine/leases.py); one gets SIGKILL mid-stream; the
+  other takes its partitions once their leases expire, and the routing (advisory lock); every
+  message arrives, per-patient order holds, and at most the delivery in flight at the kill on
+  each of its partitions arrives twice (same MSH-10). Three processes: test_scale_out.py.
 
 The downstream system is `Recorder`, an MLLP peer in this process that records every
 message it receives (patient, MSH-10, answer, sending connection) in arrival order.
@@ -317,21 +319,21 @@ async def test_broker_outage_mid_stream_loses_nothing_and_doubles_nothing(
         try:
             await asyncio.to_thread(rabbitmqctl, "stop_app")
             assert not broker_answers()
-            # Partition passes already handed to the event loop finish from the store; wait
-            # for them, so what follows is only what the outage does.
-            await wait_quiet(peer, 0.5)
-            delivered_in_outage = len(peer.arrivals) - delivered_at_stop
             # Intake does not need the broker: the ACK means "in the store".
             outage_codes = await send_all(eng.port(), phases[1])
             codes += outage_codes
-            await asyncio.sleep(1.0)  # the router routes into the outbox meanwhile
-            with store.connect() as conn:
-                held = conn.execute(select(func.count()).select_from(deliveries).where(
-                    deliveries.c.status == "pending")).scalar_one()
+            # Nor does delivery: the process owns its partitions by leases in the store and
+            # runs them itself (router, sweeper); the bus only reaches other processes.
+            outage_ids = {read_header(m).control_id for conn in phases[1] for m in conn}
+            deadline = time.monotonic() + 30
+            while not outage_ids <= {a.control_id for a in peer.arrivals}:
+                assert time.monotonic() < deadline, "deliveries stopped with the broker"
+                await asyncio.sleep(0.05)
+            delivered_in_outage = len(peer.arrivals) - delivered_at_stop
+            assert not broker_answers() and not engine.bus.connected
         finally:
             await asyncio.to_thread(ensure_broker_running)
         assert outage_codes == ["AA"] * len(outage_codes) and len(outage_codes) == TOTAL // 3
-        assert held > 0, "the outage held no delivery back: it did not hit mid-stream"
         codes += await send_all(eng.port(), phases[2])
         assert codes == ["AA"] * TOTAL
 
@@ -360,7 +362,7 @@ async def test_broker_outage_mid_stream_loses_nothing_and_doubles_nothing(
         stamps = [at for _mid, at in sorted(seq)]
         assert stamps == sorted(stamps)
     print(f"\nbroker outage: {delivered_at_stop} delivered before stop_app, "
-          f"{delivered_in_outage} while it ran, {held} deliveries held in the outbox; "
+          f"{delivered_in_outage} while it ran; "
           f"bus publish failures {engine.bus.publish_failures}")
 
 
@@ -471,6 +473,29 @@ class EngineProcess:
             self.kill()
 
 
+def partitions_owned(e: EngineProcess) -> int:
+    """The process's own `parcours_partitions_owned` gauge, from its /metrics."""
+    url = f"http://127.0.0.1:{e.http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("parcours_partitions_owned "):
+                return int(float(line.split()[1]))
+    raise AssertionError("parcours_partitions_owned not on /metrics")
+
+
+async def wait_owned(engines: list[EngineProcess], shares: list[int],
+                     timeout: float = 30.0) -> None:
+    """Until the processes own these numbers of partitions (a process that just joined gets
+    its share a lease tick or two after the others gave theirs back)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = [await asyncio.to_thread(partitions_owned, e) for e in engines]
+        if sorted(got) == sorted(shares):
+            return
+        assert time.monotonic() < deadline, f"partitions owned {got}, expected {shares}"
+        await asyncio.sleep(0.1)
+
+
 KILL_PATIENTS = 40
 KILL_PER_PATIENT = 12
 KILL_CONNECTIONS = 8
@@ -508,6 +533,7 @@ async def test_killed_consumer_hands_its_partitions_over_in_order(
             for e in engines:
                 e.start()
                 await asyncio.to_thread(e.wait_ready)
+            await wait_owned(engines, [4, 4])
 
             async def sender(c: int, batch: list[bytes]) -> list[str]:
                 """Like a sender behind a TCP balancer: when its engine dies, it resends the
@@ -542,8 +568,7 @@ async def test_killed_consumer_hands_its_partitions_over_in_order(
                 nonlocal killed, kill_started, kill_done
                 while len(peer.accepted()) < total // 6:
                     await asyncio.sleep(0.005)
-                # The process delivering right now is the one whose connection sent the
-                # latest message to the peer.
+                # A process delivering right now: the one that sent the latest message.
                 port = peer.arrivals[-1].peer_port
                 owners = [e for e in engines if port in e.local_ports()]
                 assert len(owners) == 1, f"cannot tell which process sent from port {port}"
@@ -574,11 +599,12 @@ async def test_killed_consumer_hands_its_partitions_over_in_order(
         store.dispose()
     before = [a for a in arrivals if a.at < kill_started]
     after = [a for a in arrivals if a.at > kill_done]
-    # The kill landed mid-stream. Before it, one process delivered everything (it was the
-    # single active consumer of every partition); after it, the survivor carried on.
+    # The kill landed mid-stream. Before it, both processes delivered (each owned half the
+    # partitions, engine/leases.py); after it, the survivor carried on alone.
     assert before and after, logs
     assert all(a.code == "AA" for a in arrivals)
-    assert not {a.peer_port for a in before} & survivor_ports, logs
+    assert {a.peer_port for a in before} & survivor_ports, logs
+    assert {a.peer_port for a in before} - survivor_ports, logs
     assert {a.peer_port for a in after} <= survivor_ports, logs
     # Every message arrived; a duplicate is only a delivery in flight at the kill: sent (and
     # maybe ACKed) but not yet recorded. Partitions run concurrently, so that is at most one

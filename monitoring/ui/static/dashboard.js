@@ -78,6 +78,13 @@
     document.getElementById("card-queue").textContent = queue;
     document.getElementById("card-dead").textContent = dead;
     document.getElementById("card-dead-box").className = "card" + (dead ? " bad" : "");
+    if (data.partitions) {
+      document.getElementById("card-partitions").textContent =
+        data.partitions.owned + " / " + data.partitions.total;
+      var m = data.partitions.members;
+      document.getElementById("card-members").textContent =
+        m + " engine process" + (m === 1 ? "" : "es");
+    }
     var backlog = document.querySelector("#card-backlog a");
     if (backlog) backlog.textContent = data.backlog_codes;
     document.getElementById("updated").textContent =
