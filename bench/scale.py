@@ -110,7 +110,10 @@ def run(n: int, messages: int, connections: int, patients: int) -> Result:
         engines: list[Engine] = []
         stack.callback(lambda: [e.stop() for e in engines])
         for i in range(n):
-            engines.append(Engine(base, f"e{i + 1}", routes_file, store_url, broker_url))
+            engines.append(Engine(base, f"e{i + 1}", env={
+                "PARCOURS_HOST": "127.0.0.1", "PARCOURS_STORE_URL": store_url,
+                "PARCOURS_BROKER_URL": broker_url, "PARCOURS_ROUTES": str(routes_file),
+                "PARCOURS_LOG_LEVEL": "WARNING"}))
         for e in engines:
             e.wait_ready()
         shares = wait_shares(engines)
@@ -123,7 +126,7 @@ def run(n: int, messages: int, connections: int, patients: int) -> Result:
         pids = [e.proc.pid for e in engines]
         cpu0 = cpu_seconds(pids)
         payloads = [adt(f"P{i % patients:05d}", f"M-{i}") for i in range(messages)]
-        start = asyncio.run(load(ports, connections, payloads))
+        start = asyncio.run(load(ports, connections, payloads)).start
         wait_done(store, len(warm) + messages, 900)
         cpu = cpu_seconds(pids) - cpu0
         with store.connect() as conn:
