@@ -115,6 +115,8 @@ class Engine:
         self._again: set[int] = set()  # ... and notified again meanwhile
         self.is_router = False
         self._worker_ownership: tuple[int, int] = (0, 0)
+        self._worker_stages: dict[str, float] = {}
+        self._loop_cpu = 0.0
         self.metrics = Metrics(self._metrics_snapshot, ownership=self.metrics_ownership)
         self.intake.on_ack = lambda ch, _code, seconds: (
             self.metrics.ack_latency.labels(ch).observe(seconds))
@@ -156,8 +158,10 @@ class Engine:
         self.router.routed = int(stats.get("routed") or 0)
         self.is_router = bool(stats.get("is_router"))
         self._worker_ownership = (int(stats.get("owned") or 0), int(stats.get("fenced") or 0))
+        self._worker_stages = {str(k): float(v) for k, v in (stats.get("stages") or {}).items()}
 
     def _stats_line(self) -> str:
+        self._worker_stages = self.stage_cpu()
         import json
         from dataclasses import asdict
 
@@ -165,7 +169,7 @@ class Engine:
             "destinations": {n: asdict(st) for n, st in self.runner.stats.items()},
             "normalisation": self.router.normalisation_counts, "routed": self.router.routed,
             "is_router": self.is_router, "owned": len(self.leases.owned()),
-            "fenced": self.leases.fenced_outcomes}})
+            "fenced": self.leases.fenced_outcomes, "stages": self._worker_stages}})
 
     async def _report_forever(self) -> None:
         from .worker import IntakeLink
@@ -182,6 +186,7 @@ class Engine:
         await asyncio.to_thread(self.store.migrate)
         if not self.is_worker:
             self.committer.start()
+        self._tasks.append(asyncio.create_task(self._sample_loop_cpu(), name="loop-cpu"))
         if self.worker is not None:
             route = False  # the worker routes and delivers
             self.worker.start(self._loop)
@@ -584,7 +589,41 @@ class Engine:
             channels=self.channel_snapshot(), destinations=destinations,
             queues=self.queue_snapshot(), normalisation=dict(self.router.normalisation_counts),
             backlog_codes=self.backlog_size(), messages_by_status=by_status,
+            stage_cpu=self.stage_cpu(),
         )
+
+    def stage_cpu(self) -> dict[str, float]:
+        """CPU seconds by stage of the pipeline, each measured with `time.thread_time` in the
+        thread doing that work (docs/benchmarks.md explains how to read them). With a worker
+        process, its stages as it last reported them, beside this process's intake."""
+        if self.worker is not None:
+            stages = dict(self._worker_stages)
+        else:
+            stages = {"router": self.router.cpu_seconds,
+                      "recorder": self.runner.recorder_cpu_seconds}
+            stages.update({f"transformer:{n}": v
+                           for n, v in self.router.transformer_cpu.items()})
+            for name, dest in self.destinations.items():
+                cpu = getattr(dest, "cpu_seconds", None)
+                if isinstance(cpu, float):
+                    stages[f"destination:{name}"] = cpu
+        loop_stage = "worker:event-loop" if self.is_worker else "event-loop"
+        stages[loop_stage] = self._loop_cpu
+        if not self.is_worker:
+            stages["intake:group-commit"] = self.committer.cpu_seconds
+        return stages
+
+    async def _sample_loop_cpu(self) -> None:
+        """The event loop thread's own CPU (listener, intake decisions, ACKs, the runner's
+        orchestration): `thread_time` read from that thread."""
+        import time
+
+        while not self._stop.is_set():
+            self._loop_cpu = time.thread_time()
+            try:
+                await asyncio.wait_for(self._stop.wait(), 0.5)
+            except TimeoutError:
+                pass
 
     def backlog_size(self) -> int:
         """Distinct unmapped codes still open in the mapping backlog (issue #4)."""

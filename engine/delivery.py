@@ -114,6 +114,10 @@ class DeliveryRunner:
                 destinations.get(n), BatchDestination) else 1))
             for n, c in configs.items()}
 
+    @property
+    def recorder_cpu_seconds(self) -> float:
+        return self._recorder.cpu_seconds
+
     def stats_for(self, destination: str) -> DeliveryStats:
         return self.stats.setdefault(destination, DeliveryStats())
 

@@ -56,6 +56,7 @@ class Batcher(Generic[T, R]):
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.batches = 0
         self.committed = 0
+        self.cpu_seconds = 0.0  # this writer thread's CPU, for parcours_stage_cpu_seconds
 
     def start(self) -> None:
         self._thread.start()
@@ -99,12 +100,15 @@ class Batcher(Generic[T, R]):
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
             started = time.perf_counter()
+            cpu = time.thread_time()
             try:
                 saved = self._save([p.arrival for p in batch])
             except Exception as exc:  # the store is down: every waiter gets the error
                 log.error("group commit failed", extra={"batch": len(batch), "error": repr(exc)})
                 self._hand_back([(p, exc) for p in batch])
                 continue
+            finally:
+                self.cpu_seconds += time.thread_time() - cpu
             self.batches += 1
             self.committed += len(batch)
             if self._on_commit:

@@ -12,6 +12,7 @@ from intake through to the deliveries.
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -179,6 +180,10 @@ class Router:
         self.set_config(config)
         self.routed = 0
         self.normalisation_counts: dict[str, int] = {}
+        # CPU of routing (reading, planning, the outbox writes) apart from the transformers',
+        # which are counted per transformer: parcours_stage_cpu_seconds on /metrics.
+        self.cpu_seconds = 0.0
+        self.transformer_cpu: dict[str, float] = {}
         self._lock_conn: Connection | None = None
 
     def set_config(self, config: Config) -> None:
@@ -190,7 +195,8 @@ class Router:
 
     # -- pure evaluation ------------------------------------------------------------------
 
-    def evaluate(self, ex: Exchange, *, run_disabled: bool = False) -> list[RouteResult]:
+    def evaluate(self, ex: Exchange, *, run_disabled: bool = False,
+                 cpu: dict[str, float] | None = None) -> list[RouteResult]:
         """Routing skips the transformers of a route whose destinations are all disabled;
         a dry run (`run_disabled`) runs them, so an operator sees what they would receive."""
         config, routes, disabled = self.config, self.routes, self.disabled
@@ -211,12 +217,16 @@ class Router:
             result = RouteResult(route.cfg.name, True)
             current: Exchange | None = ex.copy()
             for name, fn in route.chain:
+                started = time.thread_time()
                 try:
                     current = fn(current)
                 except Exception as exc:
                     result.error = f"transformer {name!r} failed: {type(exc).__name__}: {exc}"
                     current = None
                     break
+                finally:
+                    if cpu is not None:
+                        cpu[name] = cpu.get(name, 0.0) + time.thread_time() - started
                 if current is None:
                     result.filtered_by = name
                     break
@@ -262,6 +272,15 @@ class Router:
         Returns (count, partitions touched, application-ACK requests): the routed rows whose
         sender asked for an application acknowledgement (MSH-16), with their outcome.
         """
+        started = time.thread_time()
+        in_transformers = sum(self.transformer_cpu.values())
+        try:
+            return self._route_batch(limit)
+        finally:
+            self.cpu_seconds += (time.thread_time() - started) - (
+                sum(self.transformer_cpu.values()) - in_transformers)
+
+    def _route_batch(self, limit: int) -> tuple[int, set[int], list[dict[str, Any]]]:
         now = datetime.now(UTC)
         touched: set[int] = set()
         app_acks: list[dict[str, Any]] = []
@@ -328,7 +347,7 @@ class Router:
         """Evaluate one message; mapping-backlog entries are appended to `backlog` for the
         caller to record in its write transaction."""
         ex = exchange_from_row(row)
-        results = self.evaluate(ex)
+        results = self.evaluate(ex, cpu=self.transformer_cpu)
         backlog_entries = [b for r in results for b in r.backlog]
         if backlog is not None and backlog_entries:
             backlog.append((int(row["id"]), backlog_entries))

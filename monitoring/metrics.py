@@ -34,6 +34,7 @@ class Snapshot:
     normalisation: Mapping[str, int] = field(default_factory=dict)  # outcome -> count
     backlog_codes: int = 0
     messages_by_status: Mapping[str, int] = field(default_factory=dict)
+    stage_cpu: Mapping[str, float] = field(default_factory=dict)  # stage -> CPU seconds
 
 
 class _Collector:
@@ -120,6 +121,13 @@ class _Collector:
         for status, n in s.messages_by_status.items():
             stored.add_metric([status], n)
         yield stored
+        stages = CounterMetricFamily(
+            "parcours_stage_cpu_seconds",
+            "CPU time by pipeline stage (event loop, group commit, router, each transformer, "
+            "each destination that measures itself, outcome recorder).", labels=["stage"])
+        for stage, seconds in sorted(s.stage_cpu.items()):
+            stages.add_metric([stage], seconds)
+        yield stages
 
 
 @dataclass

@@ -10,6 +10,7 @@ import asyncio
 import os
 import re
 import tempfile
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ class FileDestination:
         self.name = name
         self.root = Path(cfg["path"])
         self.pattern = cfg.get("filename", DEFAULT_PATTERN)
+        self.cpu_seconds = 0.0  # CPU of its batches, read by the engine's stage metric
 
     def filename(self, item: OutboundItem) -> Path:
         h = item.headers
@@ -69,6 +71,13 @@ class FileDestination:
         return await asyncio.to_thread(self._write_batch, list(items))
 
     def _write_batch(self, items: list[OutboundItem]) -> list[Outcome | None]:
+        cpu = time.thread_time()
+        try:
+            return self._write_all(items)
+        finally:
+            self.cpu_seconds += time.thread_time() - cpu
+
+    def _write_all(self, items: list[OutboundItem]) -> list[Outcome | None]:
         out: list[Outcome | None] = [None] * len(items)
         stopped: set[str] = set()
         staged: list[tuple[int, Path, str, int]] = []  # index, target, temp name, fd

@@ -39,6 +39,10 @@ class TimelineDestination:
                 timeline.settings, redundancy_window_days=float(window)), timeline._catalogue)
             self.timeline.applier = Applier(self.timeline.settings)
 
+    @property
+    def cpu_seconds(self) -> float:
+        return self.timeline.cpu_seconds
+
     async def send(self, item: OutboundItem) -> Outcome:
         outcome = (await self.send_batch([item]))[0]
         assert outcome is not None  # a batch of one is always attempted

@@ -59,7 +59,15 @@ async def test_metrics_endpoint_and_references(make_engine: Any, tmp_path: Path)
     assert "parcours_destination_end_to_end_latency_seconds_bucket" in body
     # No identifiers as labels: only these label names appear.
     labels = set(re.findall(r"[{,]([a-z_]+)=", body))
-    assert labels <= {"channel", "code", "destination", "outcome", "status", "type", "le"}
+    assert labels <= {"channel", "code", "destination", "outcome", "status", "type", "le",
+                      "stage"}
+    # CPU by stage, measured in the threads doing the work (bench/pipeline.py reads these).
+    stages = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'parcours_stage_cpu_seconds_total\{stage="([^"]+)"\} ([0-9.e+-]+)', body)}
+    assert {"event-loop", "intake:group-commit", "router", "recorder", "destination:files",
+            "destination:json", "transformer:event_summary"} <= set(stages), stages
+    assert stages["router"] > 0 and stages["destination:files"] > 0
+    assert stages["transformer:event_summary"] > 0
 
     exposed = eng.engine.metrics.names()
     for expr in dashboard_exprs() + alert_exprs():

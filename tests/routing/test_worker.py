@@ -85,6 +85,11 @@ async def test_routing_runs_in_a_worker_and_the_sender_still_gets_its_acks(tmp_p
             return 'parcours_destination_delivered_total{destination="files"} 6.0' \
                 in text
         _wait(counted, 10)
+        # The worker's CPU by stage, beside the intake process's own.
+        text = _metrics(proc)
+        for stage in ("event-loop", "intake:group-commit", "worker:event-loop", "router",
+                      "recorder", "destination:files"):
+            assert f'parcours_stage_cpu_seconds_total{{stage="{stage}"}}' in text, stage
     finally:
         proc.stop()
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers)
