@@ -13,7 +13,6 @@ INVISIBLE_REP_LEGAUX = INVISIBLE_REPRESENTANTS_LEGAUX, …) with value Y/N.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from transformers.exchange import Exchange
@@ -87,7 +86,7 @@ def _groups(msg: Message) -> list[tuple[Segment | None, Segment, list[Segment]]]
 def _normalise(msh_raw: str, obx: list[Segment]) -> list[dict[str, Any]]:
     """The group's OBX through issue #4's normalisation, as JSON-ready dicts."""
     from transformers.lab.er7 import observations_from_oru
-    from transformers.lab.transformer import context, jsonable
+    from transformers.lab.transformer import context, plain
     from transformers.normalise import normalise_observations
 
     text = "\r".join([msh_raw] + [s.raw for s in obx])
@@ -97,7 +96,7 @@ def _normalise(msh_raw: str, obx: list[Segment]) -> list[dict[str, Any]]:
                                     mappings=ctx.mappings)
     out = []
     for o, r in zip(result.observations, raw, strict=True):
-        item = jsonable(asdict(o))
+        item = plain(o)
         item["key"] = f"{r.code}^{r.coding_system}|{r.set_id}"
         item["at"] = hl7_time(o.observed_at)
         out.append(item)
