@@ -449,8 +449,11 @@ class Applier:
         Core costs far more than a row). An OBX key sent twice in one message: the last wins."""
         if not obs:
             return
-        existing = dict(conn.execute(select(observations.c.key, observations.c.id).where(
-            observations.c.event_id == event_id)).all())
+        rows = conn.execute(select(observations.c.key, observations.c.id,
+                                   observations.c.message_id, observations.c.deleted,
+                                   observations.c.status).where(
+            observations.c.event_id == event_id)).all()
+        existing = {r.key: r.id for r in rows}
         latest: dict[str, dict[str, Any]] = {}
         for o in obs:
             latest[o["key"][:512]] = o
@@ -469,6 +472,11 @@ class Applier:
             else:  # OBX-11 C corrects; a resent F replaces what was sent before as well
                 updates.append({"b_id": row, "b_deleted": False,
                                 **{f"b_{k}": v for k, v in values.items()}})
+        # A newer generation of the same message (a replay, an accepted mapping) that no
+        # longer carries an observation this message wrote withdraws it: readers see what the
+        # newest generation says, not a leftover of the previous one.
+        withdrawn += [{"b_id": r.id, "b_status": r.status} for r in rows
+                      if r.message_id == message_id and not r.deleted and r.key not in latest]
         if inserts:
             conn.execute(insert(observations), inserts)
         if updates:

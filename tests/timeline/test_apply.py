@@ -239,6 +239,22 @@ def test_result_correction_and_deletion(tl: TL) -> None:
     assert gone and all(o["deleted"] for o in gone)
 
 
+def test_newer_generation_without_an_observation_withdraws_it(tl_any: TL) -> None:
+    """Issue #15: a replay that no longer carries an OBX leaves no stale observation."""
+    raw = read(*FHIR, "LAB-ORU-1.hl7")
+    env = events_of(raw, 5)
+    tl_any.timeline.apply(env, 0)
+    keys = {o["key"] for o in tl_any.rows(observations) if not o["deleted"]}
+    assert len(keys) > 1
+    results = [e for e in env["events"] if e["type"] == "result" and e["observations"]]
+    dropped = results[0]["observations"].pop()
+    again = tl_any.timeline.apply(env, 1)
+    assert again["applied"] >= 1
+    live = {o["key"] for o in tl_any.rows(observations) if not o["deleted"]}
+    assert live == keys - {dropped["key"]}
+    assert tl_any.timeline.apply(env, 1) == {"applied": 0, "skipped": len(env["events"])}
+
+
 def test_concurrent_messages_of_one_person_make_one_patient(tl_any: TL) -> None:
     """An ADT (local id + INS) and an ORU (INS only) sit in different partitions and may be
     applied at the same moment: they must still end on one patient."""
