@@ -131,6 +131,7 @@ class Engine:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
         self.started = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -214,7 +215,6 @@ class Engine:
 
     async def _start_channel(self, ch: ChannelConfig) -> None:
         policy = policy_for(ch)
-        self.policies[ch.name] = policy
         runtime: MLLPChannel | FolderChannel
         if ch.type == "mllp":
             tls = ch.tls
@@ -252,6 +252,7 @@ class Engine:
             )
         await runtime.start()
         self.channels[ch.name] = runtime
+        self.policies[ch.name] = policy
 
     async def _start_http(self) -> None:
         import uvicorn
@@ -272,8 +273,11 @@ class Engine:
         if self._http_task.done():
             self._http_task.result()
 
-    def _build_destinations(self, config: Config) -> list[Destination]:
-        """(Re)build destinations whose settings changed; return the ones to close."""
+    def _prepare_destinations(self, config: Config, built: list[Destination]
+                              ) -> tuple[dict[str, Destination], list[Destination]]:
+        """(destinations for `config`, the running ones it retires); the ones built now are
+        appended to `built`. Nothing running changes here: a reload that fails later closes
+        what it built."""
         old_cfg = getattr(self, "_dest_cfg", {})
         new: dict[str, Destination] = {}
         retired: list[Destination] = []
@@ -284,12 +288,21 @@ class Engine:
                 new[name] = self.destinations[name]
             else:
                 new[name] = build_destination(name, cfg)
+                built.append(new[name])
                 if name in self.destinations:
                     retired.append(self.destinations[name])
         retired += [d for n, d in self.destinations.items() if n not in new]
+        return new, retired
+
+    def _use_destinations(self, config: Config, new: dict[str, Destination]) -> None:
         self.destinations = new
         self._dest_cfg = dict(config.destinations)
         self.runner.configure(new, config.destinations)
+
+    def _build_destinations(self, config: Config) -> list[Destination]:
+        """(Re)build destinations whose settings changed; return the ones to close."""
+        new, retired = self._prepare_destinations(config, [])
+        self._use_destinations(config, new)
         return retired
 
     # -- partition ownership ----------------------------------------------------------------
@@ -456,29 +469,78 @@ class Engine:
             log.error("reload refused: routes file has problems",
                       extra={"problems": len(exc.problems)})
             return self.last_reload
-        retired = self._build_destinations(config) if self.worker is None else []
-        self.router.set_config(config)
-        old = self.config
-        self.config = config
-        if self.worker is not None:
-            self.worker.reload()  # the worker reads the same file again for its routes
-        for name, ch in old.channels.items():
-            if self.is_worker:
-                break
-            new_ch = config.channels.get(name)
-            if name in self.channels and (new_ch is None or new_ch != ch or not new_ch.enabled):
-                await self.channels.pop(name).stop()
-        for name, ch in config.channels.items():
-            if ch.enabled and name not in self.channels and not self.is_worker:
-                await self._start_channel(ch)
-        for d in retired:
-            await d.close()
+        try:
+            async with self._reload_lock:  # SIGHUP and the API at once: one after the other
+                await self._swap(config)
+        except Exception as exc:  # the running configuration was kept (see _swap)
+            self.last_reload = {"ok": False, "problems": [f"reload failed, the running "
+                                                          f"routes and channels were kept: "
+                                                          f"{type(exc).__name__}: {exc}"],
+                                "at": datetime.now(UTC).isoformat()}
+            log.error("reload failed; running configuration kept",
+                      extra={"error": type(exc).__name__})
+            return self.last_reload
         self.last_reload = {"ok": True, "problems": [], "at": datetime.now(UTC).isoformat()}
         log.info("routes reloaded", extra={"routes": len(config.routes),
                                            "destinations": len(config.destinations)})
         for p in await asyncio.to_thread(self.due_partitions):
             self.notify_partition(p)
         return self.last_reload
+
+    async def _swap(self, config: Config) -> None:
+        """All or nothing: destinations are built and channels started first; routes and
+        destinations are swapped only once every one of them worked. If a destination
+        cannot be built or a channel cannot start (a port taken, a folder not writable),
+        the channels started are stopped again, the ones stopped are started again with
+        their running settings, and routes, destinations and channels stay as they were."""
+        built: list[Destination] = []
+        old = self.config
+        stopped: list[ChannelConfig] = []
+        started: list[str] = []
+        try:
+            if self.worker is not None:  # the worker builds the destinations it sends to
+                new_dests, retired = dict(self.destinations), []
+            else:
+                new_dests, retired = self._prepare_destinations(config, built)
+            routes = self.router.prepare(config)
+            # New channels first: they take nothing from a running one, so a port already
+            # taken fails the reload before any running channel was touched.
+            for name, ch in config.channels.items():
+                if self.is_worker:
+                    break  # the intake process runs the channels
+                if ch.enabled and name not in self.channels and name not in old.channels:
+                    await self._start_channel(ch)
+                    started.append(name)
+            for name, ch in old.channels.items():
+                new_ch = config.channels.get(name)
+                if name in self.channels and (new_ch is None or new_ch != ch
+                                              or not new_ch.enabled):
+                    await self.channels.pop(name).stop()
+                    stopped.append(ch)
+            for name, ch in config.channels.items():
+                if ch.enabled and name not in self.channels and not self.is_worker:
+                    await self._start_channel(ch)
+                    started.append(name)
+        except Exception:
+            for name in started:
+                await self.channels.pop(name).stop()
+            for ch in stopped:
+                try:
+                    await self._start_channel(ch)
+                except Exception:  # its port was taken meanwhile: on the health page
+                    log.exception("channel could not be restarted after a failed reload",
+                                  extra={"channel": ch.name})
+            for d in built:
+                await d.close()
+            raise
+        if self.worker is None:
+            self._use_destinations(config, new_dests)
+        self.router.use(routes)
+        self.config = config
+        if self.worker is not None:
+            self.worker.reload()  # the worker reads the same file again for its routes
+        for d in retired:
+            await d.close()
 
     async def stop(self) -> None:
         self._stop.set()

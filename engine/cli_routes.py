@@ -151,13 +151,17 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
         found = {r for r in conn.execute(select(deliveries.c.id).where(
             deliveries.c.id.in_(args.delivery_ids))).scalars()}
     missing = [d for d in args.delivery_ids if d not in found]
-    DeliveryRunner(store).retry(sorted(found))
+    refused: dict[int, str] = {}
+    DeliveryRunner(store).retry(sorted(found), refused)
     store.close()
     for d in sorted(found):
-        print(f"delivery {d}: queued for a new attempt")
+        if d in refused:
+            print(f"delivery {d}: not retried — {refused[d]}", file=sys.stderr)
+        else:
+            print(f"delivery {d}: queued for a new attempt")
     for d in missing:
         print(f"delivery {d}: not found", file=sys.stderr)
-    return 1 if missing else 0
+    return 1 if missing or refused else 0
 
 
 def add_parsers(sub: argparse._SubParsersAction, routes_sub: argparse._SubParsersAction  # type: ignore[type-arg]
@@ -181,5 +185,9 @@ def add_parsers(sub: argparse._SubParsersAction, routes_sub: argparse._SubParser
                    help="failed = dead-lettered or waiting to be retried")
     d.add_argument("--limit", type=int, default=100)
 
-    y = sub.add_parser("retry", help="put dead-lettered deliveries back in line")
+    y = sub.add_parser("retry", help="put dead-lettered deliveries back in line",
+                       description="Put dead-lettered or waiting deliveries back in line "
+                                   "now. Exits 1 if any DELIVERY_ID is not found or cannot be "
+                                   "helped by a retry (delivered, pending, or its route's "
+                                   "transformer failed: use `parcours replay`).")
     y.add_argument("delivery_ids", nargs="+", type=int, metavar="DELIVERY_ID")

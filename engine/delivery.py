@@ -410,16 +410,29 @@ class DeliveryRunner:
 
     # -- operator actions -----------------------------------------------------------------
 
-    def retry(self, delivery_ids: list[int]) -> list[int]:
-        """Put dead (or waiting) deliveries back in line now; returns partitions to notify."""
+    def retry(self, delivery_ids: list[int], refused: dict[int, str] | None = None
+              ) -> list[int]:
+        """Put dead (or waiting) deliveries back in line now; returns partitions to notify.
+
+        A delivery a retry cannot help is left as it is, with the reason in `refused`
+        (delivery id → sentence): already delivered, still pending its first attempt, or
+        dead-lettered by the router because its route's transformer failed — its payload is
+        empty, so sending it again would only replace the transformer's error by the
+        destination's complaint about an empty payload; `parcours replay` runs the
+        transformers again.
+        """
         now = datetime.now(UTC)
         parts: set[int] = set()
+        refused = {} if refused is None else refused
         with self.store.engine.begin() as conn:
             rows = conn.execute(select(deliveries.c.id, deliveries.c.partition,
-                                       deliveries.c.message_id, deliveries.c.status)
+                                       deliveries.c.message_id, deliveries.c.status,
+                                       deliveries.c.attempts, deliveries.c.last_error)
                                 .where(deliveries.c.id.in_(delivery_ids))).all()
-            for did, part, mid, status in rows:
-                if status == DeliveryStatus.DELIVERED:
+            for did, part, mid, status, attempts, last_error in rows:
+                reason = _not_retryable(status, attempts, last_error, mid)
+                if reason is not None:
+                    refused[int(did)] = reason
                     continue
                 conn.execute(update(deliveries).where(deliveries.c.id == did).values(
                     status=DeliveryStatus.RETRY, attempts=0, next_attempt_at=now,
@@ -428,6 +441,20 @@ class DeliveryRunner:
                              .values(status=MessageStatus.ROUTED))
                 parts.add(int(part))
         return sorted(parts)
+
+
+def _not_retryable(status: str, attempts: int, last_error: str | None, message_id: int
+                   ) -> str | None:
+    """Why a retry cannot help this delivery, or None when it can (dead or waiting)."""
+    if status == DeliveryStatus.DELIVERED:
+        return "already delivered: nothing to retry"
+    if status == DeliveryStatus.PENDING:
+        return "pending: it is already waiting for its first attempt"
+    if status == DeliveryStatus.DEAD and not attempts:
+        # Only the router dead-letters a delivery before any attempt: its transformer failed.
+        return (f"never sent because its route failed: {last_error or 'transformer error'}; "
+                f"fix the cause, then `parcours replay {message_id}` runs the route again")
+    return None
 
 
 def _settle_messages(conn: Any, message_ids: list[int]) -> None:

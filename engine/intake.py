@@ -26,6 +26,7 @@ from transformers.hl7.header import (
     resolve_charset,
 )
 from transformers.hl7.reader import normalise_separators
+from transformers.hl7.triggers import trigger_problem
 
 from .group_commit import GroupCommitter
 from .models import MessageStatus
@@ -201,6 +202,13 @@ class Intake:
                 problems.append((reject, AckError.at(
                     code, f"message type {header.message_code} is not accepted by this channel",
                     "MSH-9")))
+            trigger_error = trigger_problem(header.message_type, header.trigger_event)
+            if trigger_error:
+                # An error in the message, not a refusal of a valid one: AE/CE (the sender
+                # must correct it; resending it unchanged cannot help), ERR 201 "unsupported
+                # event code" (HL7 table 0357) at MSH-9.2. Acknowledging it AA would promise
+                # processing that no event transformer can do.
+                problems.append((error, AckError.at(201, trigger_error, "MSH-9.2")))
         if not header.control_id:
             problems.append(
                 (error, AckError.at(101, "MSH-10 message control id is missing", "MSH-10"))

@@ -171,6 +171,15 @@ class CompiledRoute:
         return None
 
 
+@dataclass(frozen=True)
+class ActiveRoutes:
+    """What one batch routes with, from one routes.yaml."""
+
+    config: Config
+    routes: tuple[CompiledRoute, ...]
+    disabled: frozenset[str]
+
+
 class Router:
     def __init__(self, store: Store, config: Config,
                  resolve: Callable[[str], Callable[..., Any]], partitions: int) -> None:
@@ -187,19 +196,39 @@ class Router:
         self._lock_conn: Connection | None = None
 
     def set_config(self, config: Config) -> None:
-        """Swap routes atomically: a batch in progress finishes with the routes it started."""
+        """Swap routes atomically: a batch in progress finishes with the routes it started.
+
+        Config, compiled routes and disabled destinations are one object swapped by one
+        assignment, and a batch reads that object once (`route_batch`): a reload on the event
+        loop while the router thread is mid-batch used to change the routes between two
+        messages of the same transaction (docs/architecture.md: "between two batches").
+        """
+        self.use(self.prepare(config))
+
+    def prepare(self, config: Config) -> ActiveRoutes:
+        """Compile `config`'s routes without using them (a reload checks it can first)."""
         compiled = [CompiledRoute(r, self._resolve) for r in config.routes]
-        disabled = {n for n, c in config.destinations.items() if c.get("enabled") is False}
-        apply_transformer_settings(config)  # e.g. the CR-BIO laboratory, before any batch
-        self.config, self.routes, self.disabled = config, compiled, disabled
+        disabled = frozenset(
+            n for n, c in config.destinations.items() if c.get("enabled") is False)
+        return ActiveRoutes(config, tuple(compiled), disabled)
+
+    def use(self, active: ActiveRoutes) -> None:
+        apply_transformer_settings(active.config)  # e.g. the CR-BIO laboratory, before a batch
+        self.active = active
+
+    @property
+    def config(self) -> Config:
+        return self.active.config
 
     # -- pure evaluation ------------------------------------------------------------------
 
-    def evaluate(self, ex: Exchange, *, run_disabled: bool = False,
-                 cpu: dict[str, float] | None = None) -> list[RouteResult]:
+    def evaluate(self, ex: Exchange, active: ActiveRoutes | None = None, *,
+                 run_disabled: bool = False, cpu: dict[str, float] | None = None
+                 ) -> list[RouteResult]:
         """Routing skips the transformers of a route whose destinations are all disabled;
         a dry run (`run_disabled`) runs them, so an operator sees what they would receive."""
-        config, routes, disabled = self.config, self.routes, self.disabled
+        active = active or self.active
+        config, routes, disabled = active.config, active.routes, active.disabled
         results: list[RouteResult] = []
         for route in routes:
             reason = route.why_not(ex)
@@ -297,8 +326,10 @@ class Router:
         new_rows: list[dict[str, Any]] = []
         statuses: list[dict[str, Any]] = []
         backlog: list[tuple[int, list[dict[str, Any]]]] = []
+        active = self.active  # one routes.yaml for the whole batch, whatever reload does
         for row in rows:
-            status, error, dels = self._plan(row, now, generation=0, backlog=backlog)
+            status, error, dels = self._plan(row, now, generation=0, backlog=backlog,
+                                             active=active)
             for d in dels:
                 touched.add(d["partition"])
             new_rows += dels
@@ -342,12 +373,14 @@ class Router:
         return len(dels), {d["partition"] for d in dels}
 
     def _plan(self, row: dict[str, Any], now: datetime, generation: int,
-              backlog: list[tuple[int, list[dict[str, Any]]]] | None = None
+              backlog: list[tuple[int, list[dict[str, Any]]]] | None = None,
+              active: ActiveRoutes | None = None,
               ) -> tuple[str, str | None, list[dict[str, Any]]]:
         """Evaluate one message; mapping-backlog entries are appended to `backlog` for the
         caller to record in its write transaction."""
+        active = active or self.active
         ex = exchange_from_row(row)
-        results = self.evaluate(ex, cpu=self.transformer_cpu)
+        results = self.evaluate(ex, active, cpu=self.transformer_cpu)
         backlog_entries = [b for r in results for b in r.backlog]
         if backlog is not None and backlog_entries:
             backlog.append((int(row["id"]), backlog_entries))
@@ -362,7 +395,7 @@ class Router:
             if not res.matched or res.filtered_by:
                 continue
             for p in res.payloads:
-                if p.destination in self.disabled:
+                if p.destination in active.disabled:
                     continue  # `enabled: false`: the route stays readable, nothing is queued
                 failed = res.error is not None
                 if failed:

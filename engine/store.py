@@ -277,27 +277,42 @@ class Store:
         except Exception as exc:  # driver errors differ per DBAPI; the slow path sorts them
             log.info("intake fast path gave up; redoing the batch",
                      extra={"batch": len(arrivals), "error": type(exc).__name__})
+        # `_save` writes through the driver's raw cursor, so what the database refuses comes
+        # as the DBAPI's own exception (sqlite3.IntegrityError, psycopg.errors.…), which
+        # SQLAlchemy never wrapped: both kinds are caught, or one refused row failed the
+        # whole batch (PEP 249: every driver error derives from the module's `Error`).
+        # A race shows as `_Raced` (ON CONFLICT DO NOTHING returned no id for a key); a
+        # driver IntegrityError is a row refused (a trigger, a NOT NULL), retried one by one
+        # in transactions of its own rather than with savepoints.
+        dbapi = self.engine.dialect.dbapi
+        refused: tuple[type[BaseException], ...] = (SQLAlchemyError,)
+        if dbapi is not None:
+            refused += (dbapi.Error,)
         try:
             with self.engine.begin() as conn:
                 return self._save(conn, arrivals, per_row=False)
         except (IntegrityError, _Raced):
             log.info("dedup race with another process; retrying batch row by row")
-            with self.engine.begin() as conn:
-                return self._save(conn, arrivals, per_row=True)
-        except SQLAlchemyError:
+            try:
+                with self.engine.begin() as conn:
+                    return self._save(conn, arrivals, per_row=True)
+            except refused:
+                if len(arrivals) == 1:
+                    raise
+        except refused:
             if len(arrivals) == 1:
                 raise
-            # One arrival the database refuses must not fail its neighbours: commit them one
-            # by one; the refused one alone gets the error (and its sender an AR).
-            log.warning("group commit failed; retrying arrivals one by one",
-                        extra={"batch": len(arrivals)})
-            out: list[Saved | Exception] = []
-            for a in arrivals:
-                try:
-                    out.extend(self.save_arrivals([a]))
-                except SQLAlchemyError as exc:
-                    out.append(exc)
-            return out  # type: ignore[return-value]
+        # One arrival the database refuses must not fail its neighbours: commit them one
+        # by one; the refused one alone gets the error (and its sender an AR).
+        log.warning("group commit failed; retrying arrivals one by one",
+                    extra={"batch": len(arrivals)})
+        out: list[Saved | Exception] = []
+        for a in arrivals:
+            try:
+                out.extend(self.save_arrivals([a]))
+            except refused as exc:
+                out.append(exc)  # type: ignore[arg-type]
+        return out  # type: ignore[return-value]
 
     def _save_fast(self, arrivals: list[Arrival]) -> list[Saved]:
         with self._intake_lock:

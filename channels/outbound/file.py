@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -59,7 +58,7 @@ class FileDestination:
         except (KeyError, ValueError) as exc:
             return Outcome.dead(f"bad filename pattern: {exc}")
         try:
-            await asyncio.to_thread(_write_atomic, target, item.payload)
+            await asyncio.to_thread(_write_atomic, target, item.payload, item.delivery_id)
         except OSError as exc:
             return Outcome.retry(f"cannot write {target.name}: {exc.strerror}")
         return Outcome.delivered(response=str(target))
@@ -93,7 +92,7 @@ class FileDestination:
                 continue
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".tmp")
+                fd, tmp = _open_temp(target, item.delivery_id)
             except OSError as exc:
                 out[i] = Outcome.retry(f"cannot write {target.name}: {exc.strerror}")
                 stopped.add(key)
@@ -146,6 +145,16 @@ class FileDestination:
         return None
 
 
+def _open_temp(target: Path, delivery_id: int) -> tuple[int, str]:
+    """The temp file of one delivery, named after its target and its id: a write cut short by
+    a crash leaves it behind, and the delivery's retry truncates and renames that same file,
+    so no stray temp file outlives the retry. Two deliveries of one message may share a
+    target (two routes to one destination): the id keeps their temp files apart. Only the
+    partition's owner writes a delivery, so two writers never share a name."""
+    tmp = str(target.parent / f".{target.name}.{delivery_id}.tmp")
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), tmp
+
+
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -167,9 +176,9 @@ def _fsync_dir(folder: Path) -> None:
         os.close(dir_fd)
 
 
-def _write_atomic(target: Path, data: bytes) -> None:
+def _write_atomic(target: Path, data: bytes, delivery_id: int) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".tmp")
+    fd, tmp = _open_temp(target, delivery_id)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -94,6 +94,25 @@ def _dumps(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, sort_keys=True, default=str)
 
 
+def _once(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The envelope's events with exact repeats left out, in order.
+
+    A sender may repeat a group within one message (an ORU carrying the same OBR group twice
+    is a real third-party sample): the second copy says nothing new, and recording it twice
+    in `applied_events` broke its primary key on every try. Events that share a key but
+    differ are all kept and applied in order — each handler upserts by key, so the later
+    one completes or corrects the earlier, as a later message would.
+    """
+    seen: set[str] = set()
+    out: list[dict[str, Any]] = []
+    for ev in events:
+        fingerprint = _dumps(ev)
+        if fingerprint not in seen:
+            seen.add(fingerprint)
+            out.append(ev)
+    return out
+
+
 class Applier:
     def __init__(self, settings: TimelineSettings) -> None:
         self.settings = settings
@@ -108,14 +127,15 @@ class Applier:
             raise ValueError("payload is not a parcours events envelope")
         message_id = int(env["message_id"])
         events: list[dict[str, Any]] = env.get("events") or []
-        seen = {id(e): self._applied(conn, message_id, e) for e in events}
-        todo = [e for e in events if seen[id(e)] is None or seen[id(e)] < generation]
+        unique = _once(events)
+        seen = {id(e): self._applied(conn, message_id, e) for e in unique}
+        todo = [e for e in unique if seen[id(e)] is None or seen[id(e)] < generation]
         if not todo or env.get("patient") is None:
             return {"applied": 0, "skipped": len(events)}
         block = env["patient"]
         received = ts((env.get("source") or {}).get("received_at")) or datetime.now(UTC)
         self._serialise_identities(conn, block, todo)
-        for ev in todo:
+        for ev in {(ev["type"], ev["key"][:512]): ev for ev in todo}.values():
             if seen[id(ev)] is None:
                 conn.execute(insert(applied_events).values(
                     message_id=message_id, event_type=ev["type"], event_key=ev["key"][:512],

@@ -1,9 +1,18 @@
 """The `timeline` destination: applies events envelopes to the timeline tables.
 
-Outcomes: delivered when applied (or already applied by this or a newer generation —
-idempotent); retry when the store fails or another process raced on the same rows (unique
-constraint); dead when the payload is not an events envelope (a route without an event
-transformer) — retrying cannot fix it.
+Outcomes:
+- delivered when applied (or already applied by this or a newer generation — idempotent);
+- retry when the store is unavailable, or when a unique constraint was broken by a genuine
+  race (another process applied the same rows meanwhile): the envelope is applied once more
+  at once, and a race is then over (the other transaction committed, the lookups find its
+  rows);
+- dead when retrying cannot help: the payload is not an events envelope, the envelope is
+  refused, it names no patient, it carries no event at all (the message would otherwise be
+  "done" having made nothing), or the same constraint breaks again on the immediate second
+  try — a failure in the data, which waiting would only repeat while the patient's next
+  messages wait behind it.
+
+Many deliveries are applied at once (`send_batch`, one transaction), in the partition's order.
 """
 
 from __future__ import annotations
@@ -57,7 +66,7 @@ class TimelineDestination:
         for i, item in enumerate(items):
             if order_key(item) in refused:
                 continue
-            envelope, refusal = _envelope(item.payload)
+            envelope, refusal = _envelope(item)
             if refusal is not None:
                 out[i] = refusal
                 refused.add(order_key(item))
@@ -71,7 +80,9 @@ class TimelineDestination:
                      for i, env in todo])
             except SQLAlchemyError as exc:  # the batch's own commit failed: all retry
                 results = [exc] * len(todo)
-            for (i, _env), result in zip(todo, results, strict=True):
+            for (i, env), result in zip(todo, results, strict=True):
+                if isinstance(result, IntegrityError):
+                    result = await self._once_more(items[i], env, result)
                 out[i] = None if result is None else self._outcome(items[i], result)
         stopped: set[str] = set()
         for i, item in enumerate(items):
@@ -82,11 +93,35 @@ class TimelineDestination:
                 stopped.add(key)
         return out
 
+    async def _once_more(self, item: OutboundItem, envelope: dict[str, Any],
+                         first: IntegrityError) -> dict[str, int] | BaseException:
+        """A broken constraint: a race with another process is over by now (its transaction
+        committed, the lookups find its rows), so one immediate second try tells a race from
+        a failure in the data."""
+        log.info("timeline constraint conflict; applying once more", extra={
+            "message_id": item.message_id, "delivery_id": item.delivery_id,
+            "constraint": _constraint(first)})
+        try:
+            return await asyncio.to_thread(self.timeline.apply, envelope,
+                                           int(item.headers.get("generation") or 0))
+        except Exception as exc:  # classified by _outcome
+            return exc
+
     @staticmethod
     def _outcome(item: OutboundItem, result: dict[str, int] | BaseException) -> Outcome:
-        if isinstance(result, IntegrityError | OperationalError):
-            return Outcome.retry(f"store conflict or unavailable: {type(result).__name__}")
+        ids = {"message_id": item.message_id, "delivery_id": item.delivery_id}
+        if isinstance(result, IntegrityError):
+            constraint = _constraint(result)
+            log.error("timeline delivery dead-lettered: the envelope breaks a store constraint "
+                      "every time", extra={**ids, "constraint": constraint})
+            return Outcome.dead(f"events envelope breaks store constraint {constraint} on "
+                                "every try (not a race between processes): retrying cannot "
+                                "fix it")
+        if isinstance(result, OperationalError):
+            log.warning("timeline store unavailable", extra=ids)
+            return Outcome.retry(f"store unavailable: {type(result).__name__}")
         if isinstance(result, SQLAlchemyError):
+            log.warning("timeline store error", extra={**ids, "error": type(result).__name__})
             return Outcome.retry(f"store error: {type(result).__name__}")
         if isinstance(result, KeyError | ValueError | TypeError):
             return Outcome.dead(f"events envelope rejected: {type(result).__name__}: {result}")
@@ -104,13 +139,36 @@ class TimelineDestination:
         return None
 
 
-def _envelope(payload: bytes) -> tuple[dict[str, Any], Outcome | None]:
+def _envelope(item: OutboundItem) -> tuple[dict[str, Any], Outcome | None]:
     try:
-        envelope = json.loads(payload)
+        envelope = json.loads(item.payload)
     except ValueError:
         return {}, Outcome.dead("payload is not JSON: route it through an event transformer "
                                 "(adt_events, oru_events, …)")
     if not isinstance(envelope, dict) or envelope.get("format") != "parcours.events":
         return {}, Outcome.dead("payload is not a parcours events envelope: route it through "
                                 "an event transformer (adt_events, oru_events, …)")
+    what = "^".join(x for x in (item.headers.get("message_type"),
+                                 item.headers.get("trigger_event")) if x) or "message"
+    if not envelope.get("events"):
+        log.warning("no timeline event in message", extra={
+            "message_id": item.message_id, "delivery_id": item.delivery_id})
+        return {}, Outcome.dead(f"no timeline event: the event transformer found nothing it "
+                                f"interprets in this {what}; nothing was applied")
+    if envelope.get("patient") is None:
+        return {}, Outcome.dead(f"no patient (PID) in this {what}: its events cannot be "
+                                "placed on a timeline")
     return envelope, None
+
+
+def _constraint(exc: IntegrityError) -> str:
+    """The constraint's name (PostgreSQL) or the columns SQLite names — never the values,
+    which may be patient data (PostgreSQL's DETAIL line carries the key's values)."""
+    orig: Any = exc.orig
+    name = getattr(getattr(orig, "diag", None), "constraint_name", None)
+    if name:
+        return str(name)
+    text = str(orig).splitlines()[0] if str(orig) else ""
+    if "constraint failed: " in text:  # SQLite: "UNIQUE constraint failed: table.column, …"
+        return text
+    return type(orig).__name__

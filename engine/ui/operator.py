@@ -32,6 +32,10 @@ NOTICES = {
     "reprocess-none": ("warn", "Message reprocessed: no route produced a delivery."),
     "retried": ("ok", "Delivery put back in line; it will be tried again now."),
     "retry-delivered": ("warn", "That delivery was already delivered: nothing to retry."),
+    "retry-pending": ("warn", "That delivery is pending its first attempt: nothing to retry."),
+    "retry-route-failed": ("bad", "That delivery was never sent: its route's transformer failed "
+                                  "(the error is shown below). Fix the cause, then reprocess "
+                                  "the message."),
     "reloaded": ("ok", "routes.yaml reloaded."),
     "reload-refused": ("bad", "routes.yaml has problems: the running routes were kept "
                               "(see the problems below)."),
@@ -182,7 +186,8 @@ def build_router(ui: UI) -> APIRouter:
         if d is None:
             return ui.render(request, "error.html", {"title": "Not found",
                              "message": f"No delivery {delivery_id}."}, status=404, session=s)
-        parts = await asyncio.to_thread(engine.runner.retry, [delivery_id])
+        refused: dict[int, str] = {}
+        parts = await asyncio.to_thread(engine.runner.retry, [delivery_id], refused)
         for p in parts:
             engine.bus.notify(p)
         await asyncio.to_thread(auth_adapter.audit_many, engine, s,
@@ -192,7 +197,10 @@ def build_router(ui: UI) -> APIRouter:
                                  "destination": d["destination"]})
         log.info("operator retried a delivery",
                  extra={"delivery_id": delivery_id, "user": s.username})
-        code = "retried" if parts else "retry-delivered"
+        code = "retried"
+        if delivery_id in refused:
+            code = {"delivered": "retry-delivered", "pending": "retry-pending"}.get(
+                d["status"], "retry-route-failed")
         return redirect(f"/ui/messages/{d['message_id']}?done={code}#deliveries")
 
     # -- routes ---------------------------------------------------------------------------

@@ -58,3 +58,28 @@ async def test_channel_charset_overrides_and_latin1_corpus(make_engine: Any) -> 
     stored = (await rows(forced.store))[0]
     text = stored["raw"].decode(stored["charset"])
     assert "\u00c4" in text or "\u00e4" in text or "\u00f6" in text or "\u00fc" in text
+
+
+async def test_non_ascii_separator_is_echoed_byte_for_byte(make_engine: Any) -> None:
+    """MSH-1 `\\xa1` in a message declaring UTF-8 (whose body is then not UTF-8): the AR
+    must use the separator the sender used, as one byte, or the sender cannot read it."""
+    eng = await make_engine()
+    raw = msg("SEP-A1", charset="UNICODE UTF-8").replace("|", "\xa1").encode("latin-1")
+    ack = await eng.send(raw)
+    assert ack.startswith(b"MSH\xa1^~\\&\xa1")
+    assert b"\xc2" not in ack
+    fields = ack.split(b"\r")[1].split(b"\xa1")
+    assert fields[:3] == [b"MSA", b"AR", b"SEP-A1"]
+    stored = (await rows(eng.store))[0]
+    assert stored["raw"] == raw and stored["ack"] == ack
+
+
+async def test_utf8_sender_names_are_echoed_as_received(make_engine: Any) -> None:
+    """MSH-5/6 of the ACK are the sender's MSH-3/4, in the sender's bytes (not re-encoded)."""
+    eng = await make_engine()
+    raw = msg("UTF8-NAMES", charset="UNICODE UTF-8", sender="LABO^Hôpital Bicêtre").encode()
+    ack = await eng.send(raw)
+    assert read_ack(ack)[0] == "AA"
+    msh = ack.split(b"\r")[0].split(b"|")
+    assert msh[5] == "Hôpital Bicêtre".encode()
+    ack.decode("utf-8")  # the whole ACK is valid UTF-8, as MSH-18 promised

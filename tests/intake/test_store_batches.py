@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 from engine.models import MessageStatus
 from engine.store import Arrival, Store, dedup_key
@@ -185,3 +186,57 @@ def test_content_digest_sets_aside_msh7_and_terminators_only() -> None:
         doc.replace(b"\r\n", b"\n"), document=True)
     assert content_digest(doc, document=True) != content_digest(
         doc.replace(b"A", b"B"), document=True)
+def _refuse_control_id(store: Store, control_id: str) -> None:
+    """A trigger that makes the database itself refuse one row (as a constraint, a value
+    out of range or a full tablespace would), on the driver's raw cursor path."""
+    with store.engine.begin() as conn:
+        if store.dialect == "sqlite":
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER refuse_one BEFORE INSERT ON messages "
+                f"WHEN NEW.control_id = '{control_id}' "
+                f"BEGIN SELECT RAISE(ABORT, 'row refused'); END")
+        else:
+            conn.exec_driver_sql(
+                f"CREATE FUNCTION refuse_one() RETURNS trigger AS $$ BEGIN "
+                f"IF NEW.control_id = '{control_id}' THEN RAISE EXCEPTION 'row refused'; "
+                f"END IF; RETURN NEW; END $$ LANGUAGE plpgsql")
+            conn.exec_driver_sql("CREATE TRIGGER refuse_one BEFORE INSERT ON messages "
+                                 "FOR EACH ROW EXECUTE FUNCTION refuse_one()")
+
+
+def test_one_refused_row_fails_alone(store_url: str) -> None:
+    """The slow path sees the driver's own exceptions (the raw cursor bypasses SQLAlchemy's
+    wrapping): the refused arrival alone gets the error, its neighbours are committed."""
+    store = _store(store_url)
+    try:
+        _refuse_control_id(store, "BAD")
+        saved = store.save_arrivals([_arrival("OK1"), _arrival("BAD"), _arrival("OK2")])
+        assert len(saved) == 3
+        ok1, bad, ok2 = saved
+        assert isinstance(bad, Exception)
+        assert not isinstance(ok1, Exception) and not isinstance(ok2, Exception)
+        assert ok1.id < ok2.id
+        assert [r["control_id"] for r in store.list_messages(limit=10)] in (
+            ["OK1", "OK2"], ["OK2", "OK1"])
+    finally:
+        store.close()
+
+
+async def test_refused_row_over_mllp_costs_its_neighbours_nothing(
+        make_engine: Any, store_url: str) -> None:
+    """Pipelined on one connection (so the frames share group commits): the refused
+    message is answered AR 207, every other one AA and stored."""
+    from connectors.mllp.client import MLLPClient
+    from tests.intake.test_ack_rules import msg
+    from transformers.hl7.ack import read_ack
+
+    eng = await make_engine(store_url=store_url)
+    _refuse_control_id(eng.store, "BAD")
+    ids = [f"P-{i}" for i in range(10)] + ["BAD"] + [f"Q-{i}" for i in range(10)]
+    async with MLLPClient("127.0.0.1", eng.port()) as c:
+        acks = await c.send_many([msg(i).encode() for i in ids], window=len(ids))
+    codes = {read_ack(a)[1]: read_ack(a)[0] for a in acks}
+    assert codes.pop("BAD") == "AR"
+    assert set(codes.values()) == {"AA"} and len(codes) == 20
+    assert sorted(r["control_id"] for r in eng.store.list_messages(limit=50)) == \
+        sorted(i for i in ids if i != "BAD")

@@ -83,14 +83,14 @@ def _groups(msg: Message) -> list[tuple[Segment | None, Segment, list[Segment]]]
     return groups
 
 
-def _normalise(msh_raw: str, obx: list[Segment]) -> list[dict[str, Any]]:
+def _normalise(msh_raw: str, obx: list[Segment], charset: str) -> list[dict[str, Any]]:
     """The group's OBX through issue #4's normalisation, as JSON-ready dicts."""
     from transformers.lab.er7 import observations_from_oru
     from transformers.lab.transformer import context, plain
     from transformers.normalise import normalise_observations
 
     text = "\r".join([msh_raw] + [s.raw for s in obx])
-    sender, raw = observations_from_oru(text)
+    sender, raw = observations_from_oru(text, charset)
     ctx = context()
     result = normalise_observations(raw, sender=sender, catalogue=ctx.catalogue,
                                     mappings=ctx.mappings)
@@ -113,7 +113,8 @@ def result_events(msg: Message, fac: str) -> list[dict[str, Any]]:
                              "order number")
         code = obr.get(4, 1, 1)
         observations = _normalise(msg.msh.raw, [s for s in obx
-                                                if s.get(3, 1, 3) != MASKING_SYSTEM])
+                                                if s.get(3, 1, 3) != MASKING_SYSTEM],
+                                  msg.charset)
         events.append({
             "type": "result", "key": f"{fac}|{filler or placer}|{code}",
             "action": "delete" if orc is not None and orc.get(1) == "CA" else "upsert",

@@ -22,7 +22,9 @@ def siu_events(exchange: Exchange) -> Exchange | None:
         return None
     trigger = exchange.headers.get("trigger_event") or msg.get("MSH-9.2")
     if trigger not in TRIGGER_ACTION:
-        return None
+        # Not filtered out silently: an envelope without events, which the timeline
+        # dead-letters with its reason (an S16 "discontinuation" makes no appointment event).
+        return envelope(exchange, patient_from_pid(msg), [])
     sch = msg.segment("SCH")
     if sch is None:
         raise EventError("SIU without SCH segment")

@@ -8,7 +8,7 @@ ten times the cost (see docs/benchmarks.md). The rules are few and all here.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from .encoding import Encoding
@@ -167,12 +167,31 @@ def build_ack(
 
 
 def build_ack_bytes(header: Header, code: str, *, charset: str = "ascii", **kw: object) -> bytes:
-    """The ACK encoded in the message's character set (names echoed in MSH-5/6 may need it)."""
-    text = build_ack(header, code, **kw)  # type: ignore[arg-type]
+    """The ACK as bytes: what it echoes goes back byte for byte, what we write is encoded in
+    the message's character set.
+
+    `read_header` reads MSH as latin-1, so every header field (and MSH-1/MSH-2) is a byte-for-
+    byte view of what arrived; encoding those again in UTF-8 turned a `\\xa1` field separator
+    into `\\xc2\\xa1`, an ACK the sender cannot parse. The sender matches the ACK on the
+    separators and MSH-10 it sent (HL7 v2.5.1 §2.9, §2.14.9.1-2), so the whole ACK is
+    assembled in that byte view and only our own texts (ERR and MSA texts, our names) are
+    encoded first.
+    """
     try:
-        return text.encode(charset)
-    except (UnicodeEncodeError, LookupError):
-        return text.encode("utf-8", errors="replace")
+        "".encode(charset)
+    except LookupError:
+        charset = "utf-8"
+
+    def ours(value: str) -> str:
+        return value.encode(charset, errors="replace").decode("latin-1")
+
+    errors = kw.pop("errors", ()) or ()
+    kw["errors"] = [replace(e, text=ours(e.text)) for e in errors]  # type: ignore[attr-defined]
+    for name in ("text", "application", "facility"):
+        value = kw.get(name)
+        if isinstance(value, str):
+            kw[name] = ours(value)
+    return build_ack(header, code, **kw).encode("latin-1")  # type: ignore[arg-type]
 
 
 def read_ack(payload: bytes | str) -> tuple[str, str, str]:

@@ -110,7 +110,9 @@ def plain(value: Any) -> Any:
 def normalise_exchange(exchange: Exchange) -> dict[str, Any]:
     """Normalised observations of an ORU, as plain JSON-ready data (also used by oru events)."""
     ctx = _context
-    sender, raw_obs = observations_from_oru(exchange.text)
+    charset = exchange.message.charset if exchange.message is not None else (
+        exchange.headers.get("charset") or "utf-8")
+    sender, raw_obs = observations_from_oru(exchange.text, charset)
     result = normalise_observations(raw_obs, sender=sender, catalogue=ctx.catalogue,
                                     mappings=ctx.mappings)
     observations = [plain(o) for o in result.observations]
