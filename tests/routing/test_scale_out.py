@@ -40,7 +40,6 @@ from tests.routing.test_rabbitmq import (
     assert_one_delivered_row_each,
     by_patient,
     first_occurrences,
-    outage_routes,
     rabbit_vhost,  # noqa: F401  (fixture)
     wait_all_done,
 )
@@ -241,10 +240,26 @@ async def test_a_stale_owners_outcome_write_is_refused_and_its_pass_stops(
 
 
 def process_file_routes(out: Path, peer_port: int) -> str:
-    """The outage test's routes (files + an MLLP peer) on each process's own MLLP port."""
-    return outage_routes(out, peer_port).replace(
-        "main: {type: mllp, host: 127.0.0.1, port: 0}",
-        "main: {type: mllp, host: 127.0.0.1, port: ${PARCOURS_MLLP_PORT}}")
+    return f"""\
+version: 1
+channels:
+  main:
+    type: mllp
+    host: 127.0.0.1
+    port: ${{PARCOURS_MLLP_PORT}}
+destinations:
+  files: {{type: file, path: "{out}", filename: "{{message_id}}_{{route}}.{{ext}}"}}
+  peer:
+    type: mllp
+    host: 127.0.0.1
+    port: {peer_port}
+    timeout: 10
+    retry: {{initial_delay: 0.05, max_delay: 0.5, max_attempts: 100}}
+routes:
+  - name: adt
+    when: {{message_type: ADT}}
+    to: [files, peer]
+"""
 
 
 def owned_by(engines: list[EngineProcess]) -> dict[str, int]:
