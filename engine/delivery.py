@@ -106,13 +106,8 @@ class DeliveryRunner:
         self.destinations = destinations
         self.policies = {n: RetryPolicy.from_config(c.get("retry")) for n, c in configs.items()}
         self.ordering = {n: c.get("ordering", "patient") for n, c in configs.items()}
-        # A destination that sends one item at a time (mllp, http, amqp today) gets one at a
-        # time unless routes.yaml says otherwise: each outcome is then recorded before the next
-        # send, and a killed process re-sends at most that one.
-        self.batch_sizes = {
-            n: int(c.get("batch_size") or (DEFAULT_BATCH_SIZE if isinstance(
-                destinations.get(n), BatchDestination) else 1))
-            for n, c in configs.items()}
+        self.batch_sizes = {n: int(c.get("batch_size") or _default_batch_size(
+            destinations.get(n))) for n, c in configs.items()}
 
     @property
     def recorder_cpu_seconds(self) -> float:
@@ -492,6 +487,16 @@ def _item(row: dict[str, Any]) -> OutboundItem:
                  "control_id": row.get("control_id"), "generation": row["generation"],
                  "received_date": _date(row.get("received_at"))},
     )
+
+
+def _default_batch_size(destination: Destination | None) -> int:
+    """A transport destination (mllp, http, amqp) batches its in-flight window: outcomes are
+    recorded once the window is answered, so a killed process re-sends at most that window.
+    One that sends one item at a time gets one at a time; the others get DEFAULT_BATCH_SIZE."""
+    window = getattr(destination, "default_batch_size", None)
+    if window:
+        return int(window)
+    return DEFAULT_BATCH_SIZE if isinstance(destination, BatchDestination) else 1
 
 
 def _first_per_key(items: list[OutboundItem], outcome: Outcome) -> list[Outcome | None]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -82,15 +83,41 @@ class BatchDestination(Protocol):
 async def send_in_order(destination: Destination, items: Sequence[OutboundItem]
                         ) -> list[Outcome | None]:
     """The batch contract for a destination that sends one item at a time."""
-    stopped: set[str] = set()
-    out: list[Outcome | None] = []
-    for item in items:
-        key = order_key(item)
-        if key in stopped:
-            out.append(None)
-            continue
-        outcome = await destination.send(item)
-        if outcome.kind != "delivered":
-            stopped.add(key)
-        out.append(outcome)
-    return out
+    return await send_windowed(destination.send, items, 1)
+
+
+async def send_windowed(send: Callable[[OutboundItem], Awaitable[Outcome]],
+                        items: Sequence[OutboundItem], window: int) -> list[Outcome | None]:
+    """The batch contract with up to `window` items in flight, for transports whose receiver
+    handles requests concurrently (several MLLP connections, HTTP requests).
+
+    Each patient (`order_key`) is one lane: at most one of its items is in flight, the next
+    goes only once the previous one is delivered, so per-(destination, patient) order holds
+    whatever the window; different patients overlap their round trips.
+    """
+    if window <= 1:
+        out: list[Outcome | None] = []
+        stopped: set[str] = set()
+        for item in items:
+            key = order_key(item)
+            outcome = None if key in stopped else await send(item)
+            if outcome is not None and outcome.kind != "delivered":
+                stopped.add(key)
+            out.append(outcome)
+        return out
+    results: list[Outcome | None] = [None] * len(items)
+    lanes: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        lanes.setdefault(order_key(item), []).append(i)
+    slots = asyncio.Semaphore(window)
+
+    async def lane(indexes: list[int]) -> None:
+        for i in indexes:
+            async with slots:
+                outcome = await send(items[i])
+            results[i] = outcome
+            if outcome.kind != "delivered":
+                return  # the rest of this patient's items wait behind it (None)
+
+    await asyncio.gather(*(lane(ix) for ix in lanes.values()))
+    return results

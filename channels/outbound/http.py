@@ -1,13 +1,18 @@
 """HTTP destination: POST JSON or the raw message. 2xx delivered; 5xx, 408, 429 and network
-errors retried; other 4xx dead-lettered (the receiver says the request itself is wrong)."""
+errors retried; other 4xx dead-lettered (the receiver says the request itself is wrong).
+
+`window` requests may be in flight at once, one per patient (`send_windowed`); each carries
+its Idempotency-Key so a receiver applies a re-sent one once.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
-from .base import OutboundItem, Outcome
+from .base import OutboundItem, Outcome, send_windowed
 
 
 class HTTPDestination:
@@ -21,8 +26,14 @@ class HTTPDestination:
         tls = cfg.get("tls") or {}
         verify: Any = tls.get("ca") or True
         cert = (tls["cert"], tls["key"]) if tls.get("cert") and tls.get("key") else None
-        self.client = httpx.AsyncClient(timeout=float(cfg.get("timeout", 30.0)), verify=verify,
-                                        cert=cert)
+        self.window = int(cfg.get("window", 1))
+        self.default_batch_size = self.window  # what a killed engine may re-send
+        self.client = httpx.AsyncClient(
+            timeout=float(cfg.get("timeout", 30.0)), verify=verify, cert=cert,
+            limits=httpx.Limits(max_connections=max(self.window, 10)))
+
+    async def send_batch(self, items: Sequence[OutboundItem]) -> list[Outcome | None]:
+        return await send_windowed(self.send, items, self.window)
 
     async def send(self, item: OutboundItem) -> Outcome:
         headers = {
