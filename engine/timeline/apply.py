@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, insert, or_, select, text, update
 from sqlalchemy.engine import Connection
 
+from ..store import _sqlite_value
 from . import conflicts, identity
 from .models import (
     applied_events,
@@ -90,6 +91,22 @@ def _observation_values(patient_id: int, o: dict[str, Any], message_id: int
     }
 
 
+def _insert_rows(conn: Connection, table: str, rows: list[dict[str, Any]]) -> None:
+    """Rows of one shape straight to the driver's executemany: SQLAlchemy's per-row bind
+    processing costs more than SQLite's insert of the row. Datetimes are written as the
+    store's other raw inserts write them (naive UTC text on SQLite, engine/store.py)."""
+    columns = list(rows[0])
+    sqlite = conn.dialect.name == "sqlite"
+    names = ", ".join(f'"{c}"' for c in columns)
+    marks = ", ".join("?" if sqlite else "%s" for _ in columns)
+    sql = f"INSERT INTO {table} ({names}) VALUES ({marks})"
+    if sqlite:
+        params = [tuple(_sqlite_value(r[c]) for c in columns) for r in rows]
+    else:
+        params = [tuple(r[c] for c in columns) for r in rows]
+    conn.exec_driver_sql(sql, params)
+
+
 def _dumps(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, sort_keys=True, default=str)
 
@@ -111,6 +128,21 @@ def _once(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             seen.add(fingerprint)
             out.append(ev)
     return out
+
+
+# The statements every envelope runs, built once (composing one through SQLAlchemy Core
+# costs more than executing it); the parameters go in as dictionaries.
+_APPLIED = select(applied_events.c.generation).where(
+    applied_events.c.message_id == bindparam("message_id"),
+    applied_events.c.event_type == bindparam("event_type"),
+    applied_events.c.event_key == bindparam("event_key"))
+_MARK_APPLIED = insert(applied_events)
+_EVENT_ID = select(timeline_events.c.id).where(
+    timeline_events.c.type == bindparam("type"), timeline_events.c.key == bindparam("key"))
+_NEW_EVENT = insert(timeline_events).returning(timeline_events.c.id)
+_EVENT_OBSERVATIONS = select(
+    observations.c.key, observations.c.id, observations.c.message_id, observations.c.deleted,
+    observations.c.status).where(observations.c.event_id == bindparam("event_id"))
 
 
 class Applier:
@@ -137,9 +169,10 @@ class Applier:
         self._serialise_identities(conn, block, todo)
         for ev in {(ev["type"], ev["key"][:512]): ev for ev in todo}.values():
             if seen[id(ev)] is None:
-                conn.execute(insert(applied_events).values(
-                    message_id=message_id, event_type=ev["type"], event_key=ev["key"][:512],
-                    applied_at=datetime.now(UTC), generation=generation))
+                conn.execute(_MARK_APPLIED, {
+                    "message_id": message_id, "event_type": ev["type"],
+                    "event_key": ev["key"][:512], "applied_at": datetime.now(UTC),
+                    "generation": generation})
             else:
                 conn.execute(update(applied_events).where(
                     applied_events.c.message_id == message_id,
@@ -149,11 +182,12 @@ class Applier:
         for ev in todo:  # A47 renames before the patient is looked up by its new id
             if ev["type"] == "change_identifier":
                 identity.change_identifier(conn, block, ev["absorbed"], message_id)
-        found = identity.vigilance(conn, block, message_id)
+        holders = identity.Lookups(conn)
+        found = identity.vigilance(conn, block, message_id, holders)
         if found:  # identity vigilance: held for an operator, applied to nobody meanwhile
             self._hold(conn, env, todo, found, message_id)
             return {"applied": 0, "held": len(todo), "skipped": len(events) - len(todo)}
-        patient_id = identity.resolve(conn, block, message_id)
+        patient_id = identity.resolve(conn, block, message_id, holders)
         self._run(conn, patient_id, todo, message_id, received)
         return {"applied": len(todo), "skipped": len(events) - len(todo)}
 
@@ -211,28 +245,31 @@ class Applier:
 
     def _applied(self, conn: Connection, message_id: int, ev: dict[str, Any]) -> int | None:
         """The generation that applied this event of this message, None if none did."""
-        found = conn.execute(select(applied_events.c.generation).where(
-            applied_events.c.message_id == message_id,
-            applied_events.c.event_type == ev["type"],
-            applied_events.c.event_key == ev["key"][:512])).scalar()
+        found = conn.execute(_APPLIED, {"message_id": message_id, "event_type": ev["type"],
+                                        "event_key": ev["key"][:512]}).scalar()
         return None if found is None else int(found)
 
     # -- generic timeline event row -------------------------------------------------------
 
     def _event_row(self, conn: Connection, patient_id: int, type_: str, key: str,
                    message_id: int, **values: Any) -> int:
+        return self._upsert_event(conn, patient_id, type_, key, message_id, **values)[0]
+
+    @staticmethod
+    def _upsert_event(conn: Connection, patient_id: int, type_: str, key: str,
+                      message_id: int, **values: Any) -> tuple[int, bool]:
+        """The event's id, and whether it is new (a new event has nothing under it yet)."""
         now = datetime.now(UTC)
-        row = conn.execute(select(timeline_events.c.id).where(
-            timeline_events.c.type == type_, timeline_events.c.key == key[:512])).scalar()
+        row = conn.execute(_EVENT_ID, {"type": type_, "key": key[:512]}).scalar()
         if row is None:
             values.setdefault("status", "active")
-            return int(conn.execute(insert(timeline_events).values(
-                patient_id=patient_id, type=type_, key=key[:512], message_id=message_id,
-                last_message_id=message_id, created_at=now, updated_at=now,
-                **values).returning(timeline_events.c.id)).scalar_one())
+            return int(conn.execute(_NEW_EVENT, {
+                "patient_id": patient_id, "type": type_, "key": key[:512],
+                "message_id": message_id, "last_message_id": message_id, "created_at": now,
+                "updated_at": now, **values}).scalar_one()), True
         conn.execute(update(timeline_events).where(timeline_events.c.id == row).values(
             patient_id=patient_id, last_message_id=message_id, updated_at=now, **values))
-        return int(row)
+        return int(row), False
 
     # -- identity events ------------------------------------------------------------------
 
@@ -453,26 +490,25 @@ class Applier:
                 received: datetime) -> None:
         code = ev.get("code") or {}
         deleted = ev["action"] == "delete"
-        event_id = self._event_row(
+        event_id, new = self._upsert_event(
             conn, patient_id, "result", ev["key"], message_id,
             status="deleted" if deleted else "active", at=ts(ev.get("at")),
             title=code.get("text") or code.get("code") or "Result", code=code.get("code"),
             data=_dumps({k: ev.get(k) for k in ("code", "placer", "filler", "status",
                                                 "ordering_provider")}))
         self._observations(conn, patient_id, event_id, ev.get("observations") or [],
-                           message_id, deleted)
+                           message_id, deleted, new)
 
     def _observations(self, conn: Connection, patient_id: int, event_id: int,
-                      obs: list[dict[str, Any]], message_id: int, deleted: bool) -> None:
+                      obs: list[dict[str, Any]], message_id: int, deleted: bool,
+                      new_event: bool = False) -> None:
         """Set-based: one SELECT of the event's observations, then one multi-row INSERT and
         one executemany UPDATE, whatever the number of OBX (a statement through SQLAlchemy
         Core costs far more than a row). An OBX key sent twice in one message: the last wins."""
         if not obs:
             return
-        rows = conn.execute(select(observations.c.key, observations.c.id,
-                                   observations.c.message_id, observations.c.deleted,
-                                   observations.c.status).where(
-            observations.c.event_id == event_id)).all()
+        rows = [] if new_event else conn.execute(_EVENT_OBSERVATIONS,
+                                                 {"event_id": event_id}).all()
         existing = {r.key: r.id for r in rows}
         latest: dict[str, dict[str, Any]] = {}
         for o in obs:
@@ -498,7 +534,7 @@ class Applier:
         withdrawn += [{"b_id": r.id, "b_status": r.status} for r in rows
                       if r.message_id == message_id and not r.deleted and r.key not in latest]
         if inserts:
-            conn.execute(insert(observations), inserts)
+            _insert_rows(conn, "observations", inserts)
         if updates:
             shape = [k[2:] for k in updates[0] if k != "b_id"]
             conn.execute(update(observations).where(observations.c.id == bindparam("b_id"))

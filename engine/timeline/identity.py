@@ -26,7 +26,7 @@ import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from .models import (
@@ -54,11 +54,15 @@ MOVED_TABLES = (patient_identifiers, stays, movements, timeline_events, observat
                 documents, orders, appointments, consents, care_circle)
 
 
+_HISTORY = insert(identity_history)
+
+
 def history(conn: Connection, patient_id: int, action: str, message_id: int | None,
             detail: dict[str, Any] | None = None) -> None:
-    conn.execute(insert(identity_history).values(
-        patient_id=patient_id, at=datetime.now(UTC), message_id=message_id, action=action,
-        detail=json.dumps(detail or {}, ensure_ascii=False, sort_keys=True)))
+    conn.execute(_HISTORY, {
+        "patient_id": patient_id, "at": datetime.now(UTC), "message_id": message_id,
+        "action": action, "detail": json.dumps(detail or {}, ensure_ascii=False,
+                                               sort_keys=True)})
 
 
 def survivor(conn: Connection, patient_id: int) -> int:
@@ -74,11 +78,38 @@ def survivor(conn: Connection, patient_id: int) -> int:
     return patient_id
 
 
+# The identifier's holder and whether that record was merged away, in one statement (built
+# once: composing a statement through SQLAlchemy Core costs more than running it).
+_HOLDER = (select(patient_identifiers.c.patient_id, patients.c.merged_into)
+           .join(patients, patients.c.id == patient_identifiers.c.patient_id)
+           .where(patient_identifiers.c.authority == bindparam("authority"),
+                  patient_identifiers.c.value == bindparam("value")))
+
+
 def lookup(conn: Connection, authority: str, value: str) -> int | None:
-    pid = conn.execute(select(patient_identifiers.c.patient_id).where(
-        patient_identifiers.c.authority == authority,
-        patient_identifiers.c.value == value)).scalar()
-    return survivor(conn, int(pid)) if pid is not None else None
+    row = conn.execute(_HOLDER, {"authority": authority, "value": value}).first()
+    if row is None:
+        return None
+    return int(row[0]) if row[1] is None else survivor(conn, int(row[1]))
+
+
+class Lookups:
+    """The holders of one envelope's identifiers, asked once per apply: vigilance, target
+    and resolve ask about the same few identifiers, and only resolve's own links change the
+    answer (it records them here)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._known: dict[tuple[str, str], int | None] = {}
+
+    def __call__(self, authority: str, value: str) -> int | None:
+        key = (authority, value)
+        if key not in self._known:
+            self._known[key] = lookup(self.conn, authority, value)
+        return self._known[key]
+
+    def linked(self, authority: str, value: str, patient_id: int) -> None:
+        self._known[(authority, value)] = patient_id
 
 
 def _link(conn: Connection, patient_id: int, ident: dict[str, str],
@@ -94,15 +125,17 @@ def _link(conn: Connection, patient_id: int, ident: dict[str, str],
             {"authority": ident["authority"], "type": ident["type"]})
 
 
-def resolve(conn: Connection, block: dict[str, Any], message_id: int) -> int:
+def resolve(conn: Connection, block: dict[str, Any], message_id: int,
+            holders: Lookups | None = None) -> int:
     """The patient of an envelope's `patient` block; created when nobody matches."""
+    holder = holders or Lookups(conn)
     now = datetime.now(UTC)
     ids = block["identifiers"]
     usable_ins = bool(block.get("ins_usable", True))
     local = [i for i in ids if i["type"] != "INS"]
     ins = [i for i in ids if i["type"] == "INS"]
-    found_local = [p for p in (lookup(conn, i["authority"], i["value"]) for i in local) if p]
-    found_ins = [p for p in (lookup(conn, i["authority"], i["value"]) for i in ins) if p]
+    found_local = [p for p in (holder(i["authority"], i["value"]) for i in local) if p]
+    found_ins = [p for p in (holder(i["authority"], i["value"]) for i in ins) if p]
     if found_local:
         patient_id = found_local[0]
         if len(set(found_local)) > 1:
@@ -116,7 +149,7 @@ def resolve(conn: Connection, block: dict[str, Any], message_id: int) -> int:
             created_at=now, updated_at=now).returning(patients.c.id)).scalar_one())
         history(conn, patient_id, "created", message_id)
     for ident in ids:
-        owner = lookup(conn, ident["authority"], ident["value"])
+        owner = holder(ident["authority"], ident["value"])
         if owner == patient_id:
             continue
         if owner is not None:
@@ -127,6 +160,7 @@ def resolve(conn: Connection, block: dict[str, Any], message_id: int) -> int:
         if ident["type"] == "INS" and not usable_ins:
             continue
         _link(conn, patient_id, ident, message_id)
+        holder.linked(ident["authority"], ident["value"], patient_id)
     for gone in block.get("withdrawn") or ():
         withdraw(conn, patient_id, gone, message_id)
     _demographics(conn, patient_id, block, message_id)
@@ -161,25 +195,27 @@ def _norm(value: Any) -> str:
     return "".join(c for c in text if c.isalnum()).upper()
 
 
-def target(conn: Connection, block: dict[str, Any]) -> int | None:
+def target(conn: Connection, block: dict[str, Any], holders: Lookups | None = None
+           ) -> int | None:
     """The patient `resolve` would pick, without changing anything (None: a new patient)."""
+    holder = holders or Lookups(conn)
     ids = block["identifiers"]
     for i in ids:
         if i["type"] != "INS":
-            found = lookup(conn, i["authority"], i["value"])
+            found = holder(i["authority"], i["value"])
             if found is not None:
                 return found
     if block.get("ins_usable", True):
         for i in ids:
             if i["type"] == "INS":
-                found = lookup(conn, i["authority"], i["value"])
+                found = holder(i["authority"], i["value"])
                 if found is not None:
                     return found
     return None
 
 
-def vigilance(conn: Connection, block: dict[str, Any], message_id: int
-              ) -> list[dict[str, Any]]:
+def vigilance(conn: Connection, block: dict[str, Any], message_id: int,
+              holders: Lookups | None = None) -> list[dict[str, Any]]:
     """The identity conflicts an arrival raises against the record it would land on.
 
     - `ins_mismatch`: the record holds an INS of the same authority with another value (the
@@ -188,7 +224,7 @@ def vigilance(conn: Connection, block: dict[str, Any], message_id: int
       arrival's family name, birth date or sex differ.
     Each conflict carries its evidence: both INS, both sets of traits, both message ids.
     """
-    patient_id = target(conn, block)
+    patient_id = target(conn, block, holders)
     if patient_id is None:
         return []
     row = conn.execute(select(patients).where(patients.c.id == patient_id)).mappings().one()
