@@ -117,7 +117,8 @@ class Engine:
         self._worker_ownership: tuple[int, int] = (0, 0)
         self._worker_stages: dict[str, float] = {}
         self._loop_cpu = 0.0
-        self.metrics = Metrics(self._metrics_snapshot, ownership=self.metrics_ownership)
+        self.metrics = Metrics(self._metrics_snapshot, ownership=self.metrics_ownership,
+                               forwarded=self.worker is not None)
         self.intake.on_ack = lambda ch, _code, seconds: (
             self.metrics.ack_latency.labels(ch).observe(seconds))
         self.runner.on_outcome = lambda dest, kind, seconds: (
@@ -160,6 +161,7 @@ class Engine:
         self.is_router = bool(stats.get("is_router"))
         self._worker_ownership = (int(stats.get("owned") or 0), int(stats.get("fenced") or 0))
         self._worker_stages = {str(k): float(v) for k, v in (stats.get("stages") or {}).items()}
+        self.metrics.forward(stats.get("histograms") or {})
 
     def _stats_line(self) -> str:
         self._worker_stages = self.stage_cpu()
@@ -170,7 +172,8 @@ class Engine:
             "destinations": {n: asdict(st) for n, st in self.runner.stats.items()},
             "normalisation": self.router.normalisation_counts, "routed": self.router.routed,
             "is_router": self.is_router, "owned": len(self.leases.owned()),
-            "fenced": self.leases.fenced_outcomes, "stages": self._worker_stages}})
+            "fenced": self.leases.fenced_outcomes, "stages": self._worker_stages,
+            "histograms": self.metrics.delivery_samples()}})
 
     async def _report_forever(self) -> None:
         from .worker import IntakeLink

@@ -60,6 +60,11 @@ def decode_app_acks(data: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**r, "raw": base64.b64decode(r["raw"])} for r in data]
 
 
+# A stats line carries the worker's cumulative delivery histograms (tens of KiB with many
+# destinations): above asyncio's default line limit.
+STATS_LINE_LIMIT = 4 * 1024 * 1024
+
+
 class WorkerLink:
     """The intake process's side: starts the worker, keeps it running, talks to it.
 
@@ -98,7 +103,7 @@ class WorkerLink:
         while not self._stopping:
             self._proc = await asyncio.create_subprocess_exec(
                 *self.argv, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                preexec_fn=_die_with_parent)
+                preexec_fn=_die_with_parent, limit=STATS_LINE_LIMIT)
             self.connected = True
             log.info("worker started", extra={"pid": self._proc.pid})
             self._send("wake")  # whatever the store holds already

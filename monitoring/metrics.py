@@ -156,12 +156,43 @@ class _OwnershipCollector:
         yield from (owned, fenced)
 
 
+Samples = list[tuple[str, dict[str, str], float]]  # (series name, labels, value)
+
+_DELIVERY_HISTOGRAMS = {
+    "parcours_destination_end_to_end_latency_seconds":
+        "From reception of a message to its successful delivery.",
+    "parcours_destination_send_duration_seconds": "Duration of one delivery attempt.",
+}
+
+
+class _ForwardedHistograms:
+    """The delivery histograms of the process that delivers (the embedded default's worker),
+    exposed by the process that serves /metrics: cumulative series, so a lost stats line
+    loses nothing but freshness."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, Samples] = {}
+
+    def collect(self) -> Iterable[Metric]:
+        for name, doc in _DELIVERY_HISTOGRAMS.items():
+            family = Metric(name, doc, "histogram")
+            for series, labels, value in self.samples.get(name, ()):
+                family.add_sample(series, labels, value)
+            yield family
+
+
 class Metrics:
-    """One registry per engine (tests run several engines in one process)."""
+    """One registry per engine (tests run several engines in one process).
+
+    `forwarded`: this process delivers nothing itself (a worker process does); its delivery
+    histograms are the worker's, received with `forward()`."""
 
     def __init__(self, snapshot: Callable[[], Snapshot], cache_seconds: float = 2.0,
-                 ownership: Callable[[], Ownership] | None = None) -> None:
+                 ownership: Callable[[], Ownership] | None = None,
+                 forwarded: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
+        own = None if forwarded else self.registry
+        self._forwarded = _ForwardedHistograms() if forwarded else None
         self._snapshot_fn = snapshot
         self._cache_seconds = cache_seconds
         self._cached: tuple[float, Snapshot] | None = None
@@ -169,14 +200,15 @@ class Metrics:
             "parcours_channel_ack_latency_seconds",
             "From a complete frame to its ACK being released (store commit included).",
             ["channel"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        names = list(_DELIVERY_HISTOGRAMS)
         self.delivery_latency = Histogram(
-            "parcours_destination_end_to_end_latency_seconds",
-            "From reception of a message to its successful delivery.",
-            ["destination"], buckets=E2E_BUCKETS, registry=self.registry)
+            names[0], _DELIVERY_HISTOGRAMS[names[0]], ["destination"], buckets=E2E_BUCKETS,
+            registry=own)
         self.send_duration = Histogram(
-            "parcours_destination_send_duration_seconds",
-            "Duration of one delivery attempt.", ["destination", "outcome"],
-            buckets=LATENCY_BUCKETS, registry=self.registry)
+            names[1], _DELIVERY_HISTOGRAMS[names[1]], ["destination", "outcome"],
+            buckets=LATENCY_BUCKETS, registry=own)
+        if self._forwarded is not None:
+            self.registry.register(self._forwarded)
         self.registry.register(_Collector(self._snapshot))
         self.registry.register(_OwnershipCollector(ownership or Ownership))
 
@@ -185,6 +217,22 @@ class Metrics:
         if self._cached is None or now - self._cached[0] > self._cache_seconds:
             self._cached = (now, self._snapshot_fn())
         return self._cached[1]
+
+    def delivery_samples(self) -> dict[str, Samples]:
+        """This process's delivery histograms, cumulative, for `forward()` in another."""
+        out: dict[str, Samples] = {}
+        for histogram in (self.delivery_latency, self.send_duration):
+            for metric in histogram.collect():
+                out[metric.name] = [(x.name, dict(x.labels), x.value) for x in metric.samples
+                                    if not x.name.endswith("_created")]
+        return out
+
+    def forward(self, samples: Mapping[str, Samples]) -> None:
+        if self._forwarded is not None:
+            self._forwarded.samples = {
+                name: [(str(n), {str(k): str(v) for k, v in labels.items()}, float(value))
+                       for n, labels, value in series]
+                for name, series in samples.items() if name in _DELIVERY_HISTOGRAMS}
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

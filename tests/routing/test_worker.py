@@ -90,6 +90,12 @@ async def test_routing_runs_in_a_worker_and_the_sender_still_gets_its_acks(tmp_p
         for stage in ("event-loop", "intake:group-commit", "worker:event-loop", "router",
                       "recorder", "destination:files"):
             assert f'parcours_stage_cpu_seconds_total{{stage="{stage}"}}' in text, stage
+        # The worker's delivery latency histograms, observed where the deliveries happen.
+        assert 'parcours_destination_end_to_end_latency_seconds_count{destination="files"} ' \
+            '6.0' in text
+        assert 'parcours_destination_send_duration_seconds_count{destination="files",' \
+            'outcome="delivered"} 6.0' in text
+        assert text.count("# TYPE parcours_destination_end_to_end_latency_seconds ") == 1
     finally:
         proc.stop()
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers)
