@@ -52,8 +52,9 @@ def hl7_time(value: str, zone: ZoneInfo = DEFAULT_ZONE) -> str | None:
         digits = value[:4] + "0101000000"
     elif len(value) < 8:
         digits = value[:6] + "01000000"
-    try:
-        dt = datetime.strptime(digits[:14], "%Y%m%d%H%M%S").replace(tzinfo=offset)
+    try:  # the constructor checks the ranges strptime would, at a fraction of its cost
+        dt = datetime(int(digits[:4]), int(digits[4:6]), int(digits[6:8]), int(digits[8:10]),
+                      int(digits[10:12]), int(digits[12:14]), tzinfo=offset)
     except ValueError:
         return None
     return dt.astimezone(UTC).isoformat()
