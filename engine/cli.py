@@ -7,6 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from .cli_errors import CommandError, Parser, guarded
 from .settings import Settings
 
 
@@ -115,7 +116,7 @@ def cmd_routes_check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="parcours", description="HL7 v2 / CDA integration engine")
+    parser = Parser(prog="parcours", description="HL7 v2 / CDA integration engine")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     sub.add_parser("work", help="(started by `parcours serve`) route and deliver: the worker "
@@ -159,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    raise SystemExit(guarded(lambda: _dispatch(args)))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         code = cmd_serve(args)
     elif args.command == "work":
@@ -195,5 +200,5 @@ def main(argv: list[str] | None = None) -> None:
         }[args.command]
         code = handler(args, settings)
     else:  # pragma: no cover - argparse enforces the choices
-        code = 2
-    raise SystemExit(code)
+        raise CommandError(f"unknown command {args.command!r}", code=2)
+    return code

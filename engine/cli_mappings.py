@@ -7,6 +7,7 @@ import shlex
 import sys
 from typing import Any
 
+from .cli_errors import CommandError
 from .settings import Settings
 
 
@@ -106,8 +107,7 @@ def _accept(args: argparse.Namespace, settings: Settings, store: Any) -> int:
         path, message_ids = accept(store, settings.mappings_dir, args.sender, args.code,
                                    args.loinc, coding_system=args.system, unit=args.unit)
     except (MappingError, ValueError) as exc:
-        print(f"refused: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(f"refused: {exc}") from None
     print(f"{args.sender} {args.code} → {args.loinc} written to {path}")
     if args.no_reprocess or not message_ids:
         print(f"{len(message_ids)} message(s) carried this code" +

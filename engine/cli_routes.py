@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .cli_errors import CommandError
 from .settings import Settings
 
 
@@ -43,12 +44,15 @@ def cmd_routes_test(args: argparse.Namespace, settings: Settings) -> int:
     router = Router(_NoStore(), config, registry.resolve, settings.partitions)  # type: ignore[arg-type]
     from transformers.hl7.batch import split_messages
 
-    data = Path(args.message_file).read_bytes()
+    try:
+        data = Path(args.message_file).read_bytes()
+    except OSError as exc:
+        raise CommandError(f"{args.message_file}: cannot read the sample message: "
+                           f"{exc.strerror or exc}", code=2) from None
     samples = [data] if data.lstrip().startswith(b"<") else split_messages(data).messages
     if not samples:
-        print(f"{args.message_file}: no HL7 message (no MSH segment) and not XML",
-              file=sys.stderr)
-        return 2
+        raise CommandError(f"{args.message_file}: no HL7 message (no MSH segment) and not XML",
+                           code=2)
     any_match = False
     for i, raw in enumerate(samples, start=1):
         ex = exchange_from_bytes(raw, channel=args.channel)
