@@ -69,7 +69,12 @@ def _suggest(args: argparse.Namespace, settings: Settings, store: Any) -> int:
     from .backlog import open_entries
 
     catalogue = load_catalogue()
-    entries = open_entries(store, args.sender)
+    if args.text and not args.code:
+        # A label alone is a search, not a filter on the backlog (issue #16).
+        entries = [{"sender": args.sender or "", "code": "", "text": args.text,
+                    "unit": args.unit, "coding_system": ""}]
+    else:
+        entries = open_entries(store, args.sender)
     if args.code:
         entries = [e for e in entries if e["code"] == args.code]
         if not entries:
@@ -80,9 +85,10 @@ def _suggest(args: argparse.Namespace, settings: Settings, store: Any) -> int:
             entries = [{"sender": args.sender or "", "code": args.code, "text": args.text,
                         "unit": args.unit, "coding_system": ""}]
     for e in entries:
-        print(f"{e['sender'] or '(no sender)'} {e['code']} “{e['text']}” {e['unit'] or ''}")
+        print(" ".join(filter(None, (e["sender"] or "(no sender)", e["code"],
+                                     f"“{e['text']}”", e["unit"]))))
         found = suggest(e["text"] or e["code"], catalogue=catalogue, unit=e["unit"] or None,
-                        code=e["code"], limit=args.limit)
+                        code=e["code"] or None, limit=args.limit)
         if not found:
             print("    no candidate")
         for i, s in enumerate(found, start=1):
@@ -92,9 +98,14 @@ def _suggest(args: argparse.Namespace, settings: Settings, store: Any) -> int:
         # A command the operator can paste as it is (shell-quoted); without a sender (a
         # search with --text) the sender is a placeholder to fill in, never a literal "?".
         sender = shlex.quote(e["sender"]) if e["sender"] else "SENDER"
-        print(f"    accept: parcours mappings accept {sender} {shlex.quote(e['code'])} {best}")
+        code = shlex.quote(e["code"]) if e["code"] else "CODE"
+        print(f"    accept: parcours mappings accept {sender} {code} {best}")
         if not e["sender"]:
             print("    (SENDER: the laboratory's MSH-4.1, as in `parcours mappings backlog`)")
+        if not e["code"]:
+            print("    (CODE: the laboratory's local code, OBX-3.1)")
+    if not entries:
+        print("the mapping backlog is empty; give --text (and --unit) to search the catalogue")
     return 0
 
 
