@@ -101,3 +101,79 @@ async def test_patient_page_fits_at_1280(make_engine: Any) -> None:
         await page.goto(f"/ui/patients/{patient_id(eng)}")
         await page.wait_for_selector("#timeline")
         await assert_fits(page, "patient")
+
+
+CHART_X_SPAN_DAYS = """() => {
+  const x = window.Chart.getChart('trend-chart').scales.x;
+  return (x.max - x.min) / 86400000;
+}"""
+
+
+async def test_patient_page_reads_well(make_engine: Any) -> None:
+    """Issue #16: analytes as a compact table (latest value, unit, flag, sparkline), times in
+    Europe/Paris with their zone, "Bilan" naming its laboratory, and a chart of one point
+    spanning days, not years."""
+    require_chromium()
+    from tests.ui.clinical import DOCTOR, ROUTES, adt, lab_results, patient_id
+    from tests.ui.timeline_support import create_account
+
+    eng = await make_engine(ROUTES, route=True, http=True)
+    await eng.send(adt("A01", "ADT-1", "20250109100000"))
+    labs = lab_results()
+    for raw in labs:
+        await eng.send(raw)
+    await eng.send(adt("A03", "ADT-2", "20250122160000"))
+    await wait_status(eng, 2 + len(labs))
+    doctor = create_account(eng.engine, "dr-read", "clinician", DOCTOR)
+    async with browser_page(f"http://127.0.0.1:{http_port(eng)}") as page:
+        await page.set_viewport_size({"width": WIDTH, "height": 900})
+        await sign_in(page, "", doctor.token)
+        await page.wait_for_url("**/ui/patients")
+        await page.goto(f"/ui/patients/{patient_id(eng)}")
+        await page.wait_for_selector("#timeline")
+
+        rows = page.locator("#analytes tbody tr")
+        assert await rows.count() >= 30
+        assert await page.locator("#trend .tabs").count() == 0  # no wall of chips
+        glucose = page.locator("#analytes tr", has_text="Glucose [Moles/volume]")
+        cells = await glucose.locator("td").all_text_contents()
+        assert cells[2].strip() == "mmol/L" and cells[1].strip()  # latest value in its unit
+        float(cells[1].strip().lstrip("<>="))
+        assert await glucose.locator("td.spark svg polyline").count() == 1  # three results
+
+        # The discharge was sent as 16:00 local time (HL7 DTM without offset, France):
+        # shown as such, with its zone.
+        first = (await page.locator("#timeline li .when").first.text_content()) or ""
+        assert first.startswith("2025-01-22 16:00 CET"), first
+        for what in await page.locator("#timeline li.kind-result .what").all_text_contents():
+            assert "Bilan" in what and "·" in what and len(what.split("·")[1].strip()) > 2, what
+
+        await glucose.locator("a").click()
+        await page.wait_for_selector("#trend-chart[data-ready='1']")
+        span = await page.evaluate(CHART_X_SPAN_DAYS)
+        assert 11 <= span <= 13, span  # 10–21 January and a margin
+        await assert_fits(page, "patient-trend")
+
+
+async def test_a_single_result_gets_a_chart_of_days(make_engine: Any) -> None:
+    require_chromium()
+    from tests.ui.clinical import DOCTOR, ROUTES, adt, lab_results, patient_id
+    from tests.ui.timeline_support import create_account
+
+    eng = await make_engine(ROUTES, route=True, http=True)
+    await eng.send(adt("A01", "ADT-1", "20250109100000"))
+    await eng.send(lab_results()[0])
+    await wait_status(eng, 2)
+    doctor = create_account(eng.engine, "dr-one", "clinician", DOCTOR)
+    async with browser_page(f"http://127.0.0.1:{http_port(eng)}") as page:
+        await page.set_viewport_size({"width": WIDTH, "height": 900})
+        await sign_in(page, "", doctor.token)
+        await page.wait_for_url("**/ui/patients")
+        await page.goto(f"/ui/patients/{patient_id(eng)}")
+        row = page.locator("#analytes tr", has_text="Glucose")
+        assert "1 result" in ((await row.locator("td.spark").text_content()) or "")
+        await row.locator("a").click()
+        await page.wait_for_selector("#trend-chart[data-ready='1']")
+        span = await page.evaluate(CHART_X_SPAN_DAYS)
+        assert 6 <= span <= 8, span
+        assert page.console_errors == [], page.console_errors
