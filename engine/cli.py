@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from .cli_errors import CommandError, Parser, guarded
+from .cli_errors import USAGE, CommandError, Parser, guarded
 from .settings import Settings
 
 
@@ -158,9 +158,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PORT_OPTIONS = ("port", "http_port", "mllp_port")
+FILE_OPTIONS = ("tls_cert", "tls_key", "tls_ca", "vihf_cert")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """What every subcommand's options share, refused before anything starts: a port out of
+    range would otherwise surface as a bind() traceback, a missing PEM file as a bare
+    "No such file or directory" without its name."""
+    for opt in PORT_OPTIONS:
+        value = getattr(args, opt, None)
+        if value is not None and not 0 <= value <= 65535:
+            raise CommandError(f"--{opt.replace('_', '-')} {value}: a TCP port is 0 to 65535",
+                               code=USAGE)
+    for opt in FILE_OPTIONS:
+        value = getattr(args, opt, None)
+        if value and not Path(value).is_file():
+            raise CommandError(f"--{opt.replace('_', '-')} {value}: no such file", code=USAGE)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    raise SystemExit(guarded(lambda: _dispatch(args)))
+
+    def command() -> int:
+        _check_args(args)
+        return _dispatch(args)
+
+    raise SystemExit(guarded(command))
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -118,6 +118,19 @@ def test_usage_errors_are_one_line(sqlite_url: str, tmp_path: Path) -> None:
     assert "invalid int value: 'abc'" in line
 
 
+@pytest.mark.parametrize(("args", "expected"), [
+    (("dmp-sim", "--port", "99999"), "parcours: --port 99999: a TCP port is 0 to 65535"),
+    (("serve", "--http-port", "70000"), "parcours: --http-port 70000: a TCP port is 0 to 65535"),
+    (("send", "--tls-ca", "/no/ca.pem", "x.hl7"), "parcours: --tls-ca /no/ca.pem: no such file"),
+    (("dmp-sim", "--tls-cert", "/no/c.pem", "--tls-key", "/no/k.pem"),
+     "parcours: --tls-cert /no/c.pem: no such file"),
+])
+def test_options_refused_before_anything_starts(sqlite_url: str, tmp_path: Path,
+                                                args: tuple[str, ...], expected: str) -> None:
+    line = one_error_line(cli(sqlite_url, tmp_path, *args), 2)
+    assert line == expected
+
+
 def test_mappings_errors(sqlite_url: str, tmp_path: Path) -> None:
     (tmp_path / "mappings").mkdir()
     line = one_error_line(cli(sqlite_url, tmp_path, "mappings", "accept", "LAB", "X1",
