@@ -133,13 +133,12 @@ def _accept(args: argparse.Namespace, settings: Settings, store: Any) -> int:
     from .transformer_registry import Registry
 
     configure(settings.mappings_dir)
+    routes = Path(args.routes or settings.routes_file)
     try:
-        config = load_file(Path(args.routes or settings.routes_file),
-                           env=settings.interpolation_env())
+        config = load_file(routes, env=settings.interpolation_env())
     except ConfigError as exc:
-        print(f"mapping written, but the routes file is invalid; not reprocessed:\n{exc}",
-              file=sys.stderr)
-        return 1
+        raise CommandError(f"mapping written, but {routes} has {len(exc.problems)} problem(s) "
+                           f"(`parcours routes check {routes}`); not reprocessed") from None
     registry = Registry(config.transformer_paths, base=Path(config.file).resolve().parent)
     router = Router(store, config, registry.resolve, settings.partitions)
     total = 0

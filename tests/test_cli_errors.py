@@ -68,6 +68,21 @@ def test_routes_commands_with_a_missing_routes_file(sqlite_url: str, tmp_path: P
     assert res.stdout == "/no/routes.yaml:1:1: cannot read the file: No such file or directory\n"
 
 
+def test_routes_check_reports_every_problem_in_one_pass(sqlite_url: str,
+                                                         tmp_path: Path) -> None:
+    bad = tmp_path / "routes.yaml"
+    bad.write_text("version: 1\nchannels:\n  main: {type: mllp, port: -1}\n"
+                   "destinations: {}\nroutes:\n  - {name: r1, transform: [nope], to: [x]}\n")
+    res = cli(sqlite_url, tmp_path, "routes", "check", str(bad))
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) == 3, res.stdout
+    assert lines[0].startswith(f"{bad}:3:") and "-1" in lines[0]
+    assert lines[1].startswith(f"{bad}:6:") and "unknown transformer 'nope'" in lines[1]
+    assert lines[2].startswith(f"{bad}:6:") and "undefined destination 'x'" in lines[2]
+    assert res.stderr == f"3 problem(s) in {bad}\n"
+
+
 def test_care_circle_and_users_errors(store_url: str, tmp_path: Path) -> None:
     assert cli(store_url, tmp_path, "users", "add", "dr-bob", "--role", "clinician"
                ).returncode == 0
