@@ -50,10 +50,14 @@ def hl7(i: int, app: str, facility: str) -> bytes:
 
 
 async def assert_fits(page: Any, name: str) -> None:
-    got = await page.evaluate(MEASURE)
+    """At 1280 px, then at 1400 px (the widths the issue names), back to 1280 after."""
+    for width in (WIDTH, 1400):
+        await page.set_viewport_size({"width": width, "height": 900})
+        got = await page.evaluate(MEASURE)
+        assert got["scroll"] <= got["client"], (name, width, got)
+        assert got["wide"] == [], (name, width, got)
+    await page.set_viewport_size({"width": WIDTH, "height": 900})
     await shot(page, f"layout-{name}")
-    assert got["scroll"] <= got["client"], (name, got)
-    assert got["wide"] == [], (name, got)
 
 
 async def test_operator_pages_fit_at_1280(ui_engine: Any, accounts: dict[str, Account]) -> None:
