@@ -77,8 +77,10 @@ def cmd_serve(args: argparse.Namespace, *, worker: bool = False) -> int:
     try:
         config = load_file(settings.routes_file, env=settings.interpolation_env())
     except ConfigError as exc:
-        print(f"parcours: {settings.routes_file} is not valid:\n{exc}", file=sys.stderr)
-        return 2
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        raise CommandError(f"{settings.routes_file}: {len(exc.problems)} problem(s); the engine "
+                           "did not start", code=2) from None
     worker_argv = None
     if not worker and _workers(settings, env):
         worker_argv = [sys.executable, "-c", "from engine.cli import main; main()", "work"]

@@ -83,6 +83,16 @@ def test_routes_check_reports_every_problem_in_one_pass(sqlite_url: str,
     assert res.stderr == f"3 problem(s) in {bad}\n"
 
 
+def test_serve_with_an_invalid_routes_file(sqlite_url: str, tmp_path: Path) -> None:
+    bad = tmp_path / "routes.yaml"
+    bad.write_text("version: 1\nchannels:\n  main: {type: mllp, prot: 1}\n")
+    res = cli(sqlite_url, tmp_path, "serve", "--routes", str(bad), "--http-port", "0")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    *problems, last = res.stderr.strip().splitlines()
+    assert problems and all(p.startswith(f"{bad}:3:") for p in problems), res.stderr
+    assert last == f"parcours: {bad}: {len(problems)} problem(s); the engine did not start"
+
+
 def test_care_circle_and_users_errors(store_url: str, tmp_path: Path) -> None:
     assert cli(store_url, tmp_path, "users", "add", "dr-bob", "--role", "clinician"
                ).returncode == 0
