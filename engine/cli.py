@@ -7,6 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from .cli_errors import USAGE, CommandError, Parser, guarded
 from .settings import Settings
 
 
@@ -76,8 +77,10 @@ def cmd_serve(args: argparse.Namespace, *, worker: bool = False) -> int:
     try:
         config = load_file(settings.routes_file, env=settings.interpolation_env())
     except ConfigError as exc:
-        print(f"parcours: {settings.routes_file} is not valid:\n{exc}", file=sys.stderr)
-        return 2
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        raise CommandError(f"{settings.routes_file}: {len(exc.problems)} problem(s); the engine "
+                           "did not start", code=2) from None
     worker_argv = None
     if not worker and _workers(settings, env):
         worker_argv = [sys.executable, "-c", "from engine.cli import main; main()", "work"]
@@ -115,7 +118,7 @@ def cmd_routes_check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="parcours", description="HL7 v2 / CDA integration engine")
+    parser = Parser(prog="parcours", description="HL7 v2 / CDA integration engine")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     sub.add_parser("work", help="(started by `parcours serve`) route and deliver: the worker "
@@ -157,8 +160,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PORT_OPTIONS = ("port", "http_port", "mllp_port")
+FILE_OPTIONS = ("tls_cert", "tls_key", "tls_ca", "vihf_cert")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """What every subcommand's options share, refused before anything starts: a port out of
+    range would otherwise surface as a bind() traceback, a missing PEM file as a bare
+    "No such file or directory" without its name."""
+    for opt in PORT_OPTIONS:
+        value = getattr(args, opt, None)
+        if value is not None and not 0 <= value <= 65535:
+            raise CommandError(f"--{opt.replace('_', '-')} {value}: a TCP port is 0 to 65535",
+                               code=USAGE)
+    for opt in FILE_OPTIONS:
+        value = getattr(args, opt, None)
+        if value and not Path(value).is_file():
+            raise CommandError(f"--{opt.replace('_', '-')} {value}: no such file", code=USAGE)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+
+    def command() -> int:
+        _check_args(args)
+        return _dispatch(args)
+
+    raise SystemExit(guarded(command))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         code = cmd_serve(args)
     elif args.command == "work":
@@ -195,5 +226,5 @@ def main(argv: list[str] | None = None) -> None:
         }[args.command]
         code = handler(args, settings)
     else:  # pragma: no cover - argparse enforces the choices
-        code = 2
-    raise SystemExit(code)
+        raise CommandError(f"unknown command {args.command!r}", code=2)
+    return code

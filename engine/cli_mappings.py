@@ -7,6 +7,7 @@ import shlex
 import sys
 from typing import Any
 
+from .cli_errors import CommandError
 from .settings import Settings
 
 
@@ -68,7 +69,12 @@ def _suggest(args: argparse.Namespace, settings: Settings, store: Any) -> int:
     from .backlog import open_entries
 
     catalogue = load_catalogue()
-    entries = open_entries(store, args.sender)
+    if args.text and not args.code:
+        # A label alone is a search, not a filter on the backlog (issue #16).
+        entries = [{"sender": args.sender or "", "code": "", "text": args.text,
+                    "unit": args.unit, "coding_system": ""}]
+    else:
+        entries = open_entries(store, args.sender)
     if args.code:
         entries = [e for e in entries if e["code"] == args.code]
         if not entries:
@@ -79,9 +85,10 @@ def _suggest(args: argparse.Namespace, settings: Settings, store: Any) -> int:
             entries = [{"sender": args.sender or "", "code": args.code, "text": args.text,
                         "unit": args.unit, "coding_system": ""}]
     for e in entries:
-        print(f"{e['sender'] or '(no sender)'} {e['code']} “{e['text']}” {e['unit'] or ''}")
+        print(" ".join(filter(None, (e["sender"] or "(no sender)", e["code"],
+                                     f"“{e['text']}”", e["unit"]))))
         found = suggest(e["text"] or e["code"], catalogue=catalogue, unit=e["unit"] or None,
-                        code=e["code"], limit=args.limit)
+                        code=e["code"] or None, limit=args.limit)
         if not found:
             print("    no candidate")
         for i, s in enumerate(found, start=1):
@@ -91,9 +98,14 @@ def _suggest(args: argparse.Namespace, settings: Settings, store: Any) -> int:
         # A command the operator can paste as it is (shell-quoted); without a sender (a
         # search with --text) the sender is a placeholder to fill in, never a literal "?".
         sender = shlex.quote(e["sender"]) if e["sender"] else "SENDER"
-        print(f"    accept: parcours mappings accept {sender} {shlex.quote(e['code'])} {best}")
+        code = shlex.quote(e["code"]) if e["code"] else "CODE"
+        print(f"    accept: parcours mappings accept {sender} {code} {best}")
         if not e["sender"]:
             print("    (SENDER: the laboratory's MSH-4.1, as in `parcours mappings backlog`)")
+        if not e["code"]:
+            print("    (CODE: the laboratory's local code, OBX-3.1)")
+    if not entries:
+        print("the mapping backlog is empty; give --text (and --unit) to search the catalogue")
     return 0
 
 
@@ -106,8 +118,7 @@ def _accept(args: argparse.Namespace, settings: Settings, store: Any) -> int:
         path, message_ids = accept(store, settings.mappings_dir, args.sender, args.code,
                                    args.loinc, coding_system=args.system, unit=args.unit)
     except (MappingError, ValueError) as exc:
-        print(f"refused: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(f"refused: {exc}") from None
     print(f"{args.sender} {args.code} → {args.loinc} written to {path}")
     if args.no_reprocess or not message_ids:
         print(f"{len(message_ids)} message(s) carried this code" +
@@ -122,13 +133,12 @@ def _accept(args: argparse.Namespace, settings: Settings, store: Any) -> int:
     from .transformer_registry import Registry
 
     configure(settings.mappings_dir)
+    routes = Path(args.routes or settings.routes_file)
     try:
-        config = load_file(Path(args.routes or settings.routes_file),
-                           env=settings.interpolation_env())
+        config = load_file(routes, env=settings.interpolation_env())
     except ConfigError as exc:
-        print(f"mapping written, but the routes file is invalid; not reprocessed:\n{exc}",
-              file=sys.stderr)
-        return 1
+        raise CommandError(f"mapping written, but {routes} has {len(exc.problems)} problem(s) "
+                           f"(`parcours routes check {routes}`); not reprocessed") from None
     registry = Registry(config.transformer_paths, base=Path(config.file).resolve().parent)
     router = Router(store, config, registry.resolve, settings.partitions)
     total = 0

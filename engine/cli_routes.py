@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .cli_errors import CommandError
 from .settings import Settings
 
 
@@ -43,12 +44,15 @@ def cmd_routes_test(args: argparse.Namespace, settings: Settings) -> int:
     router = Router(_NoStore(), config, registry.resolve, settings.partitions)  # type: ignore[arg-type]
     from transformers.hl7.batch import split_messages
 
-    data = Path(args.message_file).read_bytes()
+    try:
+        data = Path(args.message_file).read_bytes()
+    except OSError as exc:
+        raise CommandError(f"{args.message_file}: cannot read the sample message: "
+                           f"{exc.strerror or exc}", code=2) from None
     samples = [data] if data.lstrip().startswith(b"<") else split_messages(data).messages
     if not samples:
-        print(f"{args.message_file}: no HL7 message (no MSH segment) and not XML",
-              file=sys.stderr)
-        return 2
+        raise CommandError(f"{args.message_file}: no HL7 message (no MSH segment) and not XML",
+                           code=2)
     any_match = False
     for i, raw in enumerate(samples, start=1):
         ex = exchange_from_bytes(raw, channel=args.channel)
@@ -90,6 +94,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
     config = _load(settings, args.routes)
     store = Store(settings.store_url)
+    store.migrate()
     registry = Registry(config.transformer_paths, base=Path(config.file).resolve().parent)
     router = Router(store, config, registry.resolve, settings.partitions)
     code = 0
@@ -119,6 +124,7 @@ def cmd_deliveries(args: argparse.Namespace, settings: Settings) -> int:
         "delivered": (DeliveryStatus.DELIVERED,),
     }[args.status]
     store = Store(settings.store_url)
+    store.migrate()
     q = (select(deliveries.c.id, deliveries.c.message_id, deliveries.c.route,
                 deliveries.c.destination, deliveries.c.status, deliveries.c.attempts,
                 deliveries.c.updated_at, deliveries.c.last_error, deliveries.c.error_code)
@@ -129,13 +135,30 @@ def cmd_deliveries(args: argparse.Namespace, settings: Settings) -> int:
     if not rows:
         print(f"no {args.status} deliveries")
         return 0
-    print(f"{'id':>8} {'message':>8} {'status':<9} {'tries':>5}  destination / route  "
-          "[code] error")
+    import shutil
+    import textwrap
+
+    # The whole error, wrapped under its delivery: the end of a message ("… refused: MSA-3
+    # says why") is often the part that explains it (issue #16).
+    # On a terminal the error is wrapped to its width; into a pipe it stays one line, whole,
+    # for grep.
+    width = max(60, shutil.get_terminal_size((100, 24)).columns) if sys.stdout.isatty() else 0
+    indent = " " * 10
+    print(f"{'id':>8} {'message':>8} {'status':<9} {'tries':>5}  destination / route")
+    print(f"{indent}[code] error")
     for r in rows:
-        err = (r.last_error or "").replace("\n", " ")[:90]
-        code = f"[{r.error_code}] " if r.error_code else ""
         print(f"{r.id:>8} {r.message_id:>8} {r.status:<9} {r.attempts:>5}  "
-              f"{r.destination} / {r.route}  {code}{err}")
+              f"{r.destination} / {r.route}")
+        code = f"[{r.error_code}] " if r.error_code else ""
+        err = " ".join(f"{code}{r.last_error or ''}".split())
+        if not err:
+            continue
+        if not width:
+            print(indent + err)
+            continue
+        for line in textwrap.wrap(err, width=width, initial_indent=indent,
+                                  subsequent_indent=indent, break_on_hyphens=False):
+            print(line)
     return 0
 
 
@@ -147,6 +170,7 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     from .store import Store
 
     store = Store(settings.store_url)
+    store.migrate()
     with store.engine.connect() as conn:
         found = {r for r in conn.execute(select(deliveries.c.id).where(
             deliveries.c.id.in_(args.delivery_ids))).scalars()}

@@ -239,13 +239,15 @@ def load_text(
             continue
         line, col = _position(tree, _error_path(err))
         problems.append(Problem(file, line, col, _schema_message(err)))
-    if problems:
-        raise ConfigError(_dedupe(problems))
-
+    # The reference checks run even when the schema found problems, so that `routes check`
+    # reports everything in one pass; they skip what the schema already refused as malformed.
+    shape_ok = not problems
     if known_transformers is None:
         from .transformer_registry import Registry, TransformerNotFound
 
-        registry = Registry(tuple(data.get("transformer_paths", [])), base=Path(file).parent)
+        paths = data.get("transformer_paths") if isinstance(data, dict) else None
+        registry = Registry(tuple(p for p in paths if isinstance(p, str))
+                            if isinstance(paths, list) else (), base=Path(file).parent)
 
         def known_transformers(name: str) -> str | None:
             try:
@@ -254,45 +256,19 @@ def load_text(
                 return str(exc)
             return None
 
-    channels = {name: _channel(name, c) for name, c in data.get("channels", {}).items()}
-    destinations = dict(data.get("destinations", {}) or {})
-    routes: list[RouteConfig] = []
-    names: set[str] = set()
-    for i, r in enumerate(data.get("routes", []) or []):
-        line, _ = _position(tree, ["routes", i])
-        if r["name"] in names:
-            problems.append(Problem(file, *_position(tree, ["routes", i, "name"]),
-                                    f"route name {r['name']!r} is used twice"))
-        names.add(r["name"])
-        for j, dest in enumerate(r["to"]):
-            if dest not in destinations:
-                problems.append(Problem(file, *_position(tree, ["routes", i, "to", j]),
-                                        f"route {r['name']!r} sends to undefined destination "
-                                        f"{dest!r} (defined: {', '.join(destinations) or 'none'})"))
-        for j, ch in enumerate(r.get("from", [])):
-            if ch not in channels:
-                problems.append(Problem(file, *_position(tree, ["routes", i, "from", j]),
-                                        f"route {r['name']!r} listens to undefined channel {ch!r}"))
-        for j, tname in enumerate(r.get("transform", [])):
-            why = known_transformers(tname)
-            if why is not None:
-                problems.append(Problem(file, *_position(tree, ["routes", i, "transform", j]),
-                                        f"route {r['name']!r}: {why}"))
-        for j, cond in enumerate((r.get("when") or {}).get("fields", [])):
-            from .conditions import ConditionError, parse_condition
-
-            try:
-                parse_condition(cond)
-            except ConditionError as exc:
-                problems.append(Problem(file, *_position(tree, ["routes", i, "when", "fields", j]),
-                                        f"route {r['name']!r}: {exc}"))
-        routes.append(RouteConfig(
-            name=r["name"], to=tuple(r["to"]), from_channels=tuple(r.get("from", [])),
-            when=r.get("when") or {}, transform=tuple(r.get("transform", [])),
-            stop=bool(r.get("stop", False)), enabled=bool(r.get("enabled", True)), line=line,
-        ))
-    transformer_settings = _transformer_settings(data, destinations, routes, tree, file,
-                                                 problems)
+    channels = _channels(data, shape_ok)
+    channel_names = set(_mapping(data.get("channels")))
+    destinations = dict(_mapping(data.get("destinations")))
+    routes = _check_routes(data, tree, file, channel_names, destinations, known_transformers,
+                           problems)
+    transformer_settings: dict[str, Any] = {}
+    try:
+        transformer_settings = _transformer_settings(data, destinations, routes, tree, file,
+                                                     problems)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        if shape_ok:
+            raise
+        # transformer_options the schema refused: nothing more can be said about them
     ports: dict[int, str] = {}
     for name, ch in channels.items():
         if ch.type == "mllp" and ch.enabled and ch.port:
@@ -302,13 +278,90 @@ def load_text(
                                         f"on port {ch.port}"))
             ports[ch.port] = name
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(sorted(_dedupe(problems), key=lambda p: (p.line, p.column)))
     return Config(
         file=file, channels=channels, destinations=destinations, routes=routes,
         evaluation=data.get("evaluation", "all"),
         transformer_paths=tuple(data.get("transformer_paths", [])), text=text,
         transformer_settings=transformer_settings,
     )
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _channels(data: Mapping[str, Any], shape_ok: bool) -> dict[str, ChannelConfig]:
+    """Channel settings; with schema problems, only the channels that still read cleanly."""
+    out: dict[str, ChannelConfig] = {}
+    for name, c in _mapping(data.get("channels")).items():
+        if shape_ok:
+            out[name] = _channel(name, c)
+            continue
+        try:
+            out[name] = _channel(name, c)
+        except (TypeError, ValueError, KeyError, AttributeError):
+            continue  # already reported by the schema
+    return out
+
+
+def _check_routes(data: Mapping[str, Any], tree: Any, file: str, channel_names: set[str],
+                  destinations: Mapping[str, Any],
+                  known_transformers: Callable[[str], str | None],
+                  problems: list[Problem]) -> list[RouteConfig]:
+    """What the schema cannot see: names used twice, references to undefined destinations,
+    channels and transformers, unreadable field conditions."""
+    from .conditions import ConditionError, parse_condition
+
+    routes: list[RouteConfig] = []
+    names: set[str] = set()
+    raw_routes = data.get("routes")
+    for i, r in enumerate(raw_routes if isinstance(raw_routes, list) else []):
+        if not isinstance(r, dict):
+            continue
+        line, _ = _position(tree, ["routes", i])
+        name = r.get("name") if isinstance(r.get("name"), str) else f"#{i + 1}"
+        if name in names:
+            problems.append(Problem(file, *_position(tree, ["routes", i, "name"]),
+                                    f"route name {name!r} is used twice"))
+        names.add(name)
+        to = _strings(r.get("to"))
+        for j, dest in to:
+            if dest not in destinations:
+                problems.append(Problem(file, *_position(tree, ["routes", i, "to", j]),
+                                        f"route {name!r} sends to undefined destination "
+                                        f"{dest!r} (defined: {', '.join(destinations) or 'none'})"))
+        sources = _strings(r.get("from"))
+        for j, ch in sources:
+            if ch not in channel_names:
+                problems.append(Problem(file, *_position(tree, ["routes", i, "from", j]),
+                                        f"route {name!r} listens to undefined channel {ch!r}"))
+        transform = _strings(r.get("transform"))
+        for j, tname in transform:
+            why = known_transformers(tname)
+            if why is not None:
+                problems.append(Problem(file, *_position(tree, ["routes", i, "transform", j]),
+                                        f"route {name!r}: {why}"))
+        when = r.get("when") if isinstance(r.get("when"), dict) else {}
+        for j, cond in _strings(when.get("fields")):
+            try:
+                parse_condition(cond)
+            except ConditionError as exc:
+                problems.append(Problem(file, *_position(tree, ["routes", i, "when", "fields", j]),
+                                        f"route {name!r}: {exc}"))
+        routes.append(RouteConfig(
+            name=name, to=tuple(d for _, d in to), from_channels=tuple(c for _, c in sources),
+            when=when, transform=tuple(t for _, t in transform),
+            stop=bool(r.get("stop", False)), enabled=bool(r.get("enabled", True)), line=line,
+        ))
+    return routes
+
+
+def _strings(value: Any) -> list[tuple[int, str]]:
+    """(index, item) of a list's string items: what a malformed list still names."""
+    if not isinstance(value, list):
+        return []
+    return [(j, v) for j, v in enumerate(value) if isinstance(v, str)]
 
 
 def _transformer_settings(data: Mapping[str, Any], destinations: Mapping[str, Any],

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
@@ -19,7 +20,9 @@ if TYPE_CHECKING:
 
 
 def create_app(engine: Engine) -> FastAPI:
-    app = FastAPI(title="Parcours", version="0.1.0")
+    # /docs and /redoc load Swagger UI and ReDoc from the installed package, not a CDN: an
+    # engine inside a hospital network usually has no way out to the internet.
+    app = FastAPIOffline(title="Parcours", version="0.1.0")
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:

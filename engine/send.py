@@ -15,18 +15,30 @@ from transformers.hl7.ack import read_ack
 from transformers.hl7.batch import split_messages
 from transformers.hl7.header import HeaderError, read_header
 
+from .cli_errors import CommandError
+
 ER_SU_WAIT_S = 2.0
 
-OK_CODES = {"AA", "CA", "NE", "no reply (ER)"}
+NOT_ACKED = "not acknowledged (an ACK)"
+OK_CODES = {"AA", "CA", "NE", "no reply (ER)", NOT_ACKED}
 
 
 async def _send_one(client: MLLPClient, raw: bytes) -> tuple[str, str, str]:
     """Honour the message's own MSH-15 (HL7 v2.5.1 table 0155): with NE no ACK will come,
     with ER silence means success, with SU silence means an error."""
     try:
-        accept_ack = read_header(raw).accept_ack_type
+        header = read_header(raw)
     except HeaderError:
-        accept_ack = ""
+        accept_ack, is_ack = "", False
+    else:
+        accept_ack, is_ack = header.accept_ack_type, header.message_type == "ACK"
+    if is_ack:
+        # HL7 v2.5.1 §2.9: an acknowledgment is never acknowledged itself (that would loop),
+        # so nothing is waited for; the connection is closed after it so that a reply a
+        # peer sends anyway cannot be read as the answer to the next message.
+        await client.send_no_reply(raw)
+        await client.close()
+        return NOT_ACKED, "", ""
     if accept_ack == "NE":
         await client.send_no_reply(raw)
         return "NE", "", ""
@@ -40,20 +52,31 @@ async def _send_one(client: MLLPClient, raw: bytes) -> tuple[str, str, str]:
     return read_ack(await client.send(raw))
 
 
+def _is_ack(raw: bytes) -> bool:
+    try:
+        return read_header(raw).message_type == "ACK"
+    except HeaderError:
+        return False
+
+
 async def send_files(args: argparse.Namespace) -> int:
     messages: list[tuple[str, bytes]] = []
+    acks = 0
     for name in args.files:
         path = Path(name)
         try:
             data = path.read_bytes()
         except OSError as exc:
-            print(f"{name}: cannot read: {exc.strerror}", file=sys.stderr)
-            return 2
+            raise CommandError(f"{name}: cannot read: {exc.strerror}", code=2) from None
         batch = split_messages(data)
         if not batch.messages:
-            print(f"{name}: no HL7 message (no MSH segment)", file=sys.stderr)
-            return 2
+            raise CommandError(f"{name}: no HL7 message (no MSH segment)", code=2)
         messages += [(name, m) for m in batch.messages]
+        acks += sum(1 for m in batch.messages if _is_ack(m))
+    if acks:
+        print(f"{acks} of the {len(messages)} message(s) are ACKs: sent without waiting for a "
+              "reply, since acknowledgments are not acknowledged (HL7 v2.5.1 §2.9)",
+              file=sys.stderr)
     ctx = None
     if args.tls_ca:
         ctx = client_ssl_context(args.tls_ca, certfile=args.tls_cert, keyfile=args.tls_key)

@@ -23,6 +23,7 @@ import jsonschema
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from loinc.catalogue import Catalogue, is_valid_loinc_code
 from loinc.units import UnitError, normalise_unit
@@ -71,6 +72,31 @@ def _yaml() -> YAML:
     yaml.preserve_quotes = True
     yaml.width = 100
     return yaml
+
+
+def _layout(source: str) -> dict[str, int]:
+    """The file's own indentation, so that writing one entry leaves every other line as the
+    operator wrote it (ruamel's defaults would re-indent every list item)."""
+    from ruamel.yaml.util import load_yaml_guess_indent
+
+    mapping = 2
+    previous: tuple[int, str] | None = None
+    for line in source.splitlines():
+        stripped = line.lstrip(" ")
+        if not stripped or stripped.startswith(("#", "-")):
+            continue
+        depth = len(line) - len(stripped)
+        if previous and previous[1].rstrip().endswith(":") and depth > previous[0]:
+            mapping = depth - previous[0]
+            break
+        previous = (depth, stripped)
+    try:
+        _, sequence, offset = load_yaml_guess_indent(source)
+    except Exception:  # an unreadable file is reported by the parse that follows
+        return {"mapping": mapping, "sequence": 2, "offset": 0}
+    if offset is None:
+        return {"mapping": mapping, "sequence": 2, "offset": 0}
+    return {"mapping": mapping, "sequence": max(sequence, offset + 2), "offset": offset}
 
 
 _SCHEMA: dict[str, Any] | None = None
@@ -309,6 +335,7 @@ def accept_mapping(
     else:
         source = path.read_text(encoding="utf-8")
     yaml = _yaml()
+    yaml.indent(**_layout(source))
     doc = _parse(source, str(path))
     default_system = str(doc.get("coding_system", DEFAULT_CODING_SYSTEM))
     system = coding_system or default_system
@@ -328,8 +355,16 @@ def accept_mapping(
         doc["codes"] = codes
     if isinstance(codes, CommentedSeq) and not codes:
         codes.fa.set_block_style()
+    quoted = [item for item in codes if isinstance(item, dict)
+              and isinstance(item.get("code"), DoubleQuotedScalarString)]
+    if quoted:  # the file quotes its codes and labels: so does the new line
+        for key in ("code", "text"):
+            if key in entry:
+                entry[key] = DoubleQuotedScalarString(entry[key])
     for index, item in enumerate(codes):
         if str(item.get("code")) == code and str(item.get("system", default_system)) == system:
+            if "text" not in entry and "text" in item:
+                entry["text"] = item["text"]  # the label the operator wrote stays
             codes[index] = entry
             break
     else:

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from .auth import Principal
 from .identity import survivor
-from .models import care_circle, users
+from .models import care_circle, patients, users
 
 
 def may_read(conn: Connection, who: Principal, patient_id: int, circle_days: float) -> bool:
@@ -66,6 +66,10 @@ def grant(db: Engine, patient_id: int, username: str, granted_by: str,
                             ).mappings().first()
         if user is None:
             raise ValueError(f"no user {username!r}")
+        if conn.execute(select(patients.c.id).where(patients.c.id == patient_id)
+                        ).first() is None:
+            raise ValueError(f"no patient {patient_id} (the timeline patient id, as shown "
+                             "by `parcours audit` or the patient page's address)")
         patient_id = survivor(conn, patient_id)
         return int(conn.execute(insert(care_circle).values(
             patient_id=patient_id, professional_id=user["professional_id"], user_id=user["id"],

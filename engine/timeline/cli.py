@@ -12,6 +12,8 @@ import getpass
 import json
 from typing import Any
 
+from ..cli_errors import CommandError
+
 COMMANDS = ("users", "care-circle", "audit", "conflicts")
 
 
@@ -99,8 +101,7 @@ def _users(args: argparse.Namespace, db: Any) -> int:
         try:
             _, token = auth.add_user(db, args.username, args.role, args.professional_id)
         except IntegrityError:
-            print(f"parcours: user {args.username!r} already exists")
-            return 1
+            raise CommandError(f"user {args.username!r} already exists") from None
         print(token)
         return 0
     if cmd == "token":
@@ -108,15 +109,17 @@ def _users(args: argparse.Namespace, db: Any) -> int:
             uid = conn.execute(select(users.c.id).where(users.c.username == args.username)
                                ).scalar()
         if uid is None:
-            print(f"parcours: no user {args.username!r}")
-            return 1
+            raise CommandError(f"no user {args.username!r}")
         print(auth.new_token(db, int(uid)))
         return 0
     if cmd == "revoke":
         print(f"{auth.revoke_tokens(db, args.username)} token(s) revoked")
         return 0
     if cmd == "disable":
-        return 0 if auth.set_active(db, args.username, False) else 1
+        if not auth.set_active(db, args.username, False):
+            raise CommandError(f"no user {args.username!r}")
+        print(f"user {args.username!r} disabled")
+        return 0
     with db.connect() as conn:
         for r in conn.execute(select(users).order_by(users.c.id)).mappings():
             print(f"{r['id']}\t{r['username']}\t{r['role']}\t{r['professional_id'] or '-'}\t"
@@ -134,8 +137,7 @@ def _care(args: argparse.Namespace, db: Any) -> int:
         try:
             gid = cc.grant(db, args.patient, args.user, args.by or getpass.getuser(), args.days)
         except ValueError as exc:
-            print(f"parcours: {exc}")
-            return 1
+            raise CommandError(str(exc)) from None
         print(f"grant {gid}: {args.user} may read patient {args.patient}")
         return 0
     if args.care_command == "revoke":
@@ -174,8 +176,7 @@ def _conflicts(args: argparse.Namespace, db: Any) -> int:
                                             "apply" if args.apply else "dismiss",
                                             args.patient, args.note)
         except ValueError as exc:
-            print(f"parcours: {exc}")
-            return 1
+            raise CommandError(str(exc)) from None
         print(f"conflict {out['id']}: {out['resolution']}")
         return 0
     status = getattr(args, "status", "open")

@@ -11,8 +11,9 @@ audit log. Nothing here decides access on its own.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
@@ -129,6 +130,11 @@ def _date(value: str | None) -> str:
     return value or ""
 
 
+# Clinicians read times in the local time of the region (France métropolitaine), with the
+# zone written beside them (CET/CEST) so nobody wonders whether a time is UTC.
+LOCAL_ZONE = ZoneInfo("Europe/Paris")
+
+
 def _when(value: Any) -> str:
     if not value:
         return ""
@@ -136,7 +142,9 @@ def _when(value: Any) -> str:
         ts = datetime.fromisoformat(str(value))
     except ValueError:
         return str(value)
-    return ts.strftime("%Y-%m-%d %H:%M")
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)  # the timeline stores UTC
+    return ts.astimezone(LOCAL_ZONE).strftime("%Y-%m-%d %H:%M %Z")
 
 
 def _patient(summary: dict[str, Any]) -> dict[str, Any]:
@@ -193,11 +201,16 @@ def _event(e: dict[str, Any]) -> dict[str, Any]:
                     "unit": o.get("unit") or "", "original": original,
                     "flag": "" if (o.get("abnormal_flag") or "N") == "N" else o["abnormal_flag"],
                     "lab": o.get("performing_lab")})
+    source = ""
+    if e["type"] == "result":
+        # "Bilan" alone does not say from where: the laboratory that performed it does.
+        labs = list(dict.fromkeys(o["lab"] for o in obs if o.get("lab")))
+        source = ", ".join(labs) or str(e.get("facility") or data.get("facility") or "")
     return {"kind": e["type"], "at": _when(e.get("at")), "title": e.get("title") or e["type"],
             "cancelled": e.get("status") in ("cancelled", "deleted", "replaced"),
             "flag": "possibly redundant" if e.get("possibly_redundant") else "",
             "dmp": _dmp_pill(e.get("dmp")),
-            "source": "", "details": details, "observations": obs}
+            "source": source, "details": details, "observations": obs}
 
 
 _DMP_STATES = {  # state → (text, pill class)
@@ -217,6 +230,41 @@ def _dmp_pill(feed: dict[str, Any] | None) -> dict[str, str] | None:
     if feed.get("state") == "refused":
         text += f" ({feed.get('error_code') or feed.get('reason') or 'no reason given'})"
     return {"text": text, "css": css}
+
+
+def _analytes(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per LOINC code: the latest value with its unit and flag, and the values in time order
+    for the sparkline (the patient page's compact table, issue #16)."""
+    from .sparkline import points as sparkline
+
+    found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for e in events:
+        if e.get("status") in ("cancelled", "deleted", "replaced"):
+            continue
+        for o in e.get("observations", []):
+            if o.get("outcome") == "normalised" and o.get("loinc"):
+                found.setdefault(o["loinc"], []).append((str(o.get("at") or e.get("at") or ""),
+                                                         o))
+    codes: dict[str, dict[str, Any]] = {}
+    for loinc, rows in found.items():
+        rows.sort(key=lambda r: r[0])
+        _, last = rows[-1]
+        values = []
+        for _, o in rows:
+            try:
+                values.append(float(o.get("value")))
+            except (TypeError, ValueError):
+                continue
+        shown = last.get("value") if last.get("value") is not None else last.get("value_text")
+        flag = last.get("abnormal_flag") or "N"
+        codes[loinc] = {
+            "loinc": loinc, "count": len(rows), "label": last.get("display") or loinc,
+            "latest": f"{last.get('comparator') or ''}{shown if shown is not None else ''}",
+            "unit": last.get("unit") or "", "flag": "" if flag == "N" else flag,
+            "at": _when(rows[-1][0]), "lab": last.get("performing_lab") or "",
+            "spark": sparkline(values) if len(values) > 1 else "",
+        }
+    return codes
 
 
 def _series(raw: dict[str, Any], label: str) -> dict[str, Any] | None:
@@ -266,13 +314,7 @@ def patient_view(engine: Engine, session: Session, patient_id: str, remote: str,
         results = timeline.read_timeline(who, pid, remote, types=["result"], limit=500)
     except Denied:
         return None
-    codes: dict[str, dict[str, Any]] = {}
-    for e in results["events"]:
-        for o in e.get("observations", []):
-            if o.get("outcome") == "normalised" and o.get("loinc"):
-                c = codes.setdefault(o["loinc"], {"loinc": o["loinc"], "count": 0,
-                                                  "label": o.get("display") or o["loinc"]})
-                c["count"] += 1
+    codes = _analytes(results["events"])
     series = None
     if loinc:
         try:

@@ -64,6 +64,20 @@ def _fmt_time(value: Any) -> str:
     return str(value)
 
 
+def _hd(value: Any) -> str:
+    """An HD field (MSH-3/MSH-4: namespace id ^ universal id ^ universal id type, HL7 v2.5.1
+    §2.A.33) as a person reads it: the namespace when there is one, else the universal id
+    with its type (an OID alone, `^1.2.250…^ISO`, is common in France)."""
+    text = str(value or "")
+    namespace, _, rest = text.partition("^")
+    universal, _, kind = rest.partition("^")
+    if namespace:
+        return namespace
+    if universal:
+        return f"{universal} ({kind})" if kind and kind != "ISO" else universal
+    return text
+
+
 def _fmt_age(seconds: Any) -> str:
     s = float(seconds or 0)
     if s <= 0:
@@ -95,6 +109,7 @@ def make_templates() -> Environment:
     env.filters["time"] = _fmt_time
     env.filters["age"] = _fmt_age
     env.filters["status_class"] = _status_class
+    env.filters["hd"] = _hd
     env.filters["urlq"] = lambda v: quote(str(v or ""), safe="")
     return env
 

@@ -147,3 +147,37 @@ def test_accept_mapping_creates_a_file_for_a_new_sender(
     assert path.name == "new-lab.yaml"
     mappings = load_mappings(tmp_path, catalogue=catalogue)
     assert mappings.lookup("NEW LAB", "K").loinc == "2823-3"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("layout", [
+    "sender: LAB-A\ncodes:\n  - {code: \"GLY\", loinc: 2345-7}   # glucose\n"
+    "  - {code: \"CREA\", loinc: 2160-0, text: \"Créatinine\"}\n",
+    "sender: LAB-A\ncodes:\n- {code: GLY, loinc: 2345-7}\n- {code: CREA, loinc: 2160-0}\n",
+    "sender: LAB-A\ncodes:\n    -   code: GLY\n        loinc: 2345-7\n",
+    "# lab A\nsender: LAB-A\ncodes:\n  - code: GLY\n    loinc: 2345-7\n",
+])
+def test_accept_mapping_keeps_the_file_layout(tmp_path: Path, catalogue: Catalogue,
+                                               layout: str) -> None:
+    """Issue #16: accepting one code used to re-indent every line of the file; now the only
+    change is the line added (or the line replaced)."""
+    path = _write(tmp_path, layout)
+    accept_mapping(tmp_path, "LAB-A", "K", "L", "2823-3", catalogue=catalogue)
+    after = path.read_text(encoding="utf-8").splitlines()
+    before = layout.splitlines()
+    assert after[:len(before)] == before
+    [added] = after[len(before):]
+    assert "K" in added and "2823-3" in added
+    indent = next(ln for ln in before if ln.lstrip().startswith("-"))
+    assert added[:len(added) - len(added.lstrip())] == indent[:len(indent) - len(indent.lstrip())]
+    if '"GLY"' in layout:
+        assert '"K"' in added  # quoted like its neighbours
+
+    # Replacing an entry rewrites that line alone, and keeps the label the operator wrote.
+    accept_mapping(tmp_path, "LAB-A", "CREA", "L", "2160-0", "mg/dL", catalogue=catalogue)
+    again = path.read_text(encoding="utf-8").splitlines()
+    changed = [(a, b) for a, b in zip(after, again, strict=False) if a != b]
+    if any("CREA" in ln for ln in before):
+        assert len(again) == len(after) and len(changed) == 1
+        assert "mg/dL" in changed[0][1]
+        if "Créatinine" in layout:
+            assert "Créatinine" in changed[0][1]

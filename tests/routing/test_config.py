@@ -52,10 +52,10 @@ def test_yaml_syntax_error_has_position() -> None:
 
 def test_unknown_key_at_each_level() -> None:
     assert problems("versio: 1\n" + BASE.split("\n", 1)[1])[0][:2] == (1, 1)
-    found = problems(BASE.replace("    port: 2575", "    prot: 2575"))
-    assert found[0][:2] == (5, 5) and "unknown key 'prot'" in found[0][2]
-    assert "allowed: " in found[0][2] and "port" in found[0][2]
-    assert found[1][:2] == (3, 3) and "'port' is a required property" in found[1][2]
+    found = problems(BASE.replace("    port: 2575", "    prot: 2575"))  # in line order
+    assert found[1][:2] == (5, 5) and "unknown key 'prot'" in found[1][2]
+    assert "allowed: " in found[1][2] and "port" in found[1][2]
+    assert found[0][:2] == (3, 3) and "'port' is a required property" in found[0][2]
     [(line, col, msg)] = problems(BASE.replace("    to: [out]", "    to: [out]\n    too: 1"))
     assert line == 15 and "'too'" in msg
     [(line, _, msg)] = problems(BASE.replace("      message_type: ADT", "      msg_type: ADT"))
@@ -109,8 +109,33 @@ def test_environment_interpolation() -> None:
 
 
 def test_several_problems_are_all_reported() -> None:
-    text = BASE.replace("port: 2575", "port: -1").replace("to: [out]", "to: [x]")
-    found = problems(text)
-    assert [f[0] for f in found] == [5]  # schema errors first: references checked after
     text2 = BASE.replace("to: [out]", "to: [x, y]")
     assert [f[0] for f in problems(text2)] == [14, 14]
+
+
+def test_schema_errors_do_not_hide_the_reference_checks() -> None:
+    """Issue #16: an unknown transformer used to show only once the schema errors were fixed;
+    one pass now reports both kinds, in the order of the file."""
+    text = (BASE.replace("port: 2575", "port: -1")
+            .replace("    to: [out]", "    transform: [nope]\n    to: [x]")
+            + "  - name: r2\n    from: [lab]\n    colour: red\n    to: [out]\n")
+    found = problems(text)
+    assert [(line, col) for line, col, _ in found] == [(5, 5), (14, 17), (15, 10), (17, 12),
+                                                       (18, 5)]
+    assert "-1" in found[0][2]
+    assert "unknown transformer 'nope'" in found[1][2]
+    assert "undefined destination 'x'" in found[2][2]
+    assert "undefined channel 'lab'" in found[3][2]
+    assert "unknown key 'colour'" in found[4][2]
+
+
+@pytest.mark.parametrize("route", [
+    "  - just a string\n",
+    "  - name: r2\n    to: out\n",
+    "  - name: r2\n    to: [[out]]\n    transform: nope\n",
+    "  - name: [r2]\n    to: [out]\n    when: [ADT]\n",
+    "  - to: [missing]\n",
+])
+def test_malformed_routes_get_problems_not_a_crash(route: str) -> None:
+    found = problems(BASE + route)
+    assert found and all(line >= 15 for line, _, _ in found), found

@@ -12,9 +12,12 @@ from .conftest import ANS, TL, read
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Exit code and what the command printed: results on stdout, the one error line on
+    stderr (tests/test_cli_errors.py checks which goes where)."""
     with pytest.raises(SystemExit) as exc:
         main(argv)
-    return int(exc.value.code or 0), capsys.readouterr().out
+    printed = capsys.readouterr()
+    return int(exc.value.code or 0), printed.out + printed.err
 
 
 def test_users_grant_audit(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -99,7 +99,7 @@ async def test_clinician_timeline_and_trend_in_the_browser(make_engine: Any) -> 
         await page.click("text=Open timeline")
         await page.wait_for_selector("#timeline")
         assert await page.locator("#timeline li.kind-result").count() == 3
-        await page.click("#trend .tabs a:has-text('Glucose')")
+        await page.click("#analytes a:has-text('Glucose')")
         await page.wait_for_selector("#trend-chart[data-ready='1']")
         assert await page.locator("#trend-table tbody tr").count() == 3
         assert page.url.endswith("#trend") and f"/ui/patients/{patient_id(eng)}" in page.url

@@ -20,10 +20,17 @@
              pointRadius: 5, pointHoverRadius: 7, showLine: true, borderWidth: 1.5, tension: 0 };
   });
 
-  function day(ms) {
-    var d = new Date(ms);
-    return d.toISOString().slice(0, 10);
-  }
+  // Dates in the region's local time (the page labels its times Europe/Paris).
+  var dayFormat = new Intl.DateTimeFormat("en-CA", { timeZone: "Europe/Paris",
+                                                     year: "numeric", month: "2-digit", day: "2-digit" });
+  function day(ms) { return dayFormat.format(new Date(ms)); }
+
+  // The x axis spans the points with a margin; one point (or several the same day) gets a
+  // week around it, not the years Chart.js would otherwise spread over an empty range.
+  var DAY = 86400000;
+  var times = series.points.map(function (p) { return p.t; });
+  var first = Math.min.apply(null, times), last = Math.max.apply(null, times);
+  var pad = last - first < DAY ? 3.5 * DAY : (last - first) * 0.05;
 
   new window.Chart(canvas, {
     type: "scatter",
@@ -31,7 +38,9 @@
     options: {
       animation: false, maintainAspectRatio: false,
       scales: {
-        x: { type: "linear", ticks: { callback: function (v) { return day(v); }, maxTicksLimit: 8 } },
+        x: { type: "linear", min: first - pad, max: last + pad,
+             title: { display: true, text: "date (Europe/Paris)" },
+             ticks: { callback: function (v) { return day(v); }, maxTicksLimit: 8 } },
         y: { title: { display: true, text: series.unit } }
       },
       plugins: {
