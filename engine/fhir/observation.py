@@ -195,8 +195,8 @@ def search(ctx: Context, query: SearchQuery) -> SearchResult:
         order = (o.observed_at.desc(), o.id.desc())
     elif "date" in query.sort:
         order = (o.observed_at, o.id)
-    else:
-        order = (o.id,)
+    else:  # newest first, the index's order (migration 0011_fhir): a page stops early
+        order = (o.observed_at.desc(), o.id.desc())
     total, rows = paged(ctx, query, stmt, *order)
     return SearchResult(total, [resource(ctx, r) for r in rows
                                 if ctx.visible(r, int(r["patient_id"]))])
