@@ -49,3 +49,11 @@ def event_id(resource_id: str, prefix: str = "") -> int:
 def event_select(kind: str, resource_id: str) -> Any:
     ev = timeline_events.c
     return select(timeline_events).where(ev.id == event_id(resource_id), ev.type == kind)
+
+
+def with_event(table: Any) -> Any:
+    """SELECT of `table` with its timeline event's data, update time and masking columns."""
+    ev = timeline_events.c
+    return select(table, ev.data.label("event_data"), ev.updated_at, ev.masked_ps,
+                  ev.confidentiality, ev.author_id).outerjoin(
+        timeline_events, ev.id == table.c.event_id)
