@@ -10,8 +10,9 @@ Policy lives here, the protocol in connectors/dmp:
 - "Bris de glace" (break-glass, TRE_R248): `access-mode=bris_de_glace` with an
   `access-reason`, only for the roles the destination's `consultation.break_glass_roles`
   allows; it opens the patient's DMP for `break_glass_hours` to that reader even outside the
-  care circle and against a refused consultation consent (ZFA), the VIHF says so, and every
-  access under it is audited with outcome `break_glass`.
+  care circle and against a refused consultation consent (ZFA-11), never for a patient who
+  opposed it (ZFA-6); the VIHF says so, and every access under it is audited with outcome
+  `break_glass`.
 - The patient is reached by their qualified INS only (RNIV: PID-32 VALI/QUAL); a patient
   who refused DMP consultation (ZFA, INC) is not consulted in normal mode.
 - Every DMP transaction writes an audit row (`fhir.dmp.search`, `fhir.dmp.read`,
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -52,7 +54,7 @@ from connectors.dmp.stored_query import (
 )
 
 from ..timeline import audit
-from ..timeline.models import audit_log, patients
+from ..timeline.models import audit_log, consents, patients
 from .model import finish
 from .outcome import FhirError
 from .registry import Provider, Registry, SearchParam, SearchResult
@@ -180,6 +182,17 @@ class Consultation:
             audit_log.c.action == "fhir.dmp.break_glass", audit_log.c.outcome == "break_glass",
             audit_log.c.at >= since).limit(1)).first() is not None
 
+    def _break_glass_opposed(self, ctx: Context, patient_id: int) -> bool:
+        """The latest ZFA collected says the patient opposed bris de glace (ZFA-6, IHE PAM
+        FR); kept in the consent's data, the timeline's record of every ZFA."""
+        data = ctx.conn.execute(select(consents.c.data).where(
+            consents.c.patient_id == patient_id).order_by(
+            consents.c.at.desc(), consents.c.id.desc()).limit(1)).scalar()
+        try:
+            return bool(data) and json.loads(data).get("break_glass_opposition") is True
+        except ValueError:
+            return False
+
     def access(self, ctx: Context, conn: DMPConnection, patient_id: int, mode: str,
                reason: str) -> Access:
         """Decide, before the DMP is asked, whether this reader may consult this patient's
@@ -218,6 +231,11 @@ class Consultation:
         if row.identity_status not in QUALIFIED:
             raise FhirError(422, "the patient's identity is not qualified (PID-32 VALI/QUAL): "
                             "its INS may not be used to reach the DMP (RNIV)")
+        if mode == BREAK_GLASS and self._break_glass_opposed(ctx, patient_id):
+            self._audit(ctx, "fhir.dmp.break_glass", patient_id, "denied",
+                        {"why": "patient opposed bris de glace (ZFA-6)"})
+            raise FhirError(403, "the patient opposed bris de glace access to their DMP "
+                            "(ZFA-6)")
         if row.dmp_consultation_consent is False and mode != BREAK_GLASS:
             self._audit(ctx, "fhir.dmp.search", patient_id, "denied",
                         {"why": "consultation consent refused (ZFA)"})

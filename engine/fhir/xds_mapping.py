@@ -91,14 +91,11 @@ def _assigning_oid(component: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
-def person(xcn: str) -> dict[str, Any] | None:
-    """XCN (id^family^given^^^prefix^^^&OID&ISO…) → a logical Practitioner reference."""
-    c = _components(xcn) + [""] * 9
-    ident, family, given, prefix, oid = c[0], c[1], c[2], c[5], _assigning_oid(c[8])
-    display = " ".join(p for p in (prefix, given, family) if p)
+def _logical(kind: str, ident: str, oid: str, display: str) -> dict[str, Any] | None:
+    """A logical reference (FHIR R4 references.html §2.3.0.2): identifier and display."""
     if not ident and not display:
         return None
-    out: dict[str, Any] = {"type": "Practitioner"}
+    out: dict[str, Any] = {"type": kind}
     if ident:
         out["identifier"] = {"value": ident, **({"system": f"urn:oid:{oid}"} if oid else {})}
     if display:
@@ -106,18 +103,18 @@ def person(xcn: str) -> dict[str, Any] | None:
     return out
 
 
+def person(xcn: str) -> dict[str, Any] | None:
+    """XCN (id^family^given^^^prefix^^^&OID&ISO…) → a Practitioner reference."""
+    c = _components(xcn) + [""] * 9
+    display = " ".join(p for p in (c[5], c[2], c[1]) if p)  # prefix given family
+    return _logical("Practitioner", c[0], _assigning_oid(c[8]), display)
+
+
 def organization(xon: str) -> dict[str, Any] | None:
-    """XON (name^^^^^&OID&ISO^IDNST^^^id) → a logical Organization reference."""
+    """XON (name^^^^^&OID&ISO^IDNST^^^id) → an Organization reference (XON-10, else the
+    deprecated XON-3)."""
     c = _components(xon) + [""] * 10
-    name, oid, ident = c[0], _assigning_oid(c[5]), c[9] or c[2]
-    if not name and not ident:
-        return None
-    out: dict[str, Any] = {"type": "Organization"}
-    if ident:
-        out["identifier"] = {"value": ident, **({"system": f"urn:oid:{oid}"} if oid else {})}
-    if name:
-        out["display"] = name
-    return out
+    return _logical("Organization", c[9] or c[2], _assigning_oid(c[5]), c[0])
 
 
 def master_identifier(unique_id: str) -> dict[str, str]:

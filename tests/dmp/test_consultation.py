@@ -377,3 +377,65 @@ def test_dmp_sim_command_seeds_documents() -> None:
         out = proc.communicate(timeout=10)[0].decode()
     assert "4 documents seeded for 1 patient(s)" in out
     assert "1234567890123" not in out  # never the patient's identifier on the console
+
+
+# --------------------------------------------------- dmp-sim's answers to bad requests
+
+
+def ask(sim: Any, action: str, body: etree._Element) -> tuple[int, iti41.SoapMessage]:
+    env = iti41.envelope(action, "x", body)
+    status, data, ctype = sim.handle(etree.tostring(env), (
+        f'application/soap+xml; action="{action}"'))
+    return status, iti41.read_message(data, ctype)
+
+
+def test_simulator_refuses_bad_queries_as_the_registry_would() -> None:
+    from connectors.dmp.simulator import Simulator, SimulatorState
+    from connectors.dmp.stored_query import adhoc_query_request
+
+    s = Simulator(SimulatorState(require_vihf=False))
+    s.state.seed(PATIENT)
+    cases = [
+        (adhoc_query_request("urn:uuid:00000000-0000-0000-0000-000000000000", []),
+         "XDSUnknownStoredQuery"),
+        (adhoc_query_request(FIND_DOCUMENTS, [("$XDSDocumentEntryPatientId", f"'{PATIENT}'")]),
+         "XDSRegistryError"),  # no status: FindDocuments requires one
+        (adhoc_query_request(FIND_DOCUMENTS, [("$XDSDocumentEntryStatus", f"('{APPROVED}')")]),
+         "XDSRegistryError"),  # no patient
+    ]
+    for body, code in cases:
+        status, msg = ask(s, iti41.ITI18, body)
+        assert status == 200
+        r = read_query_response(msg.body)
+        assert [e.code for e in r.result.errors] == [code] and r.entries == []
+    # Not a query at all: a SOAP Sender fault, as for any malformed request.
+    status, msg = ask(s, iti41.ITI18, etree.Element("{urn:x}Nonsense"))
+    assert status == 400 and "AdhocQueryRequest" in (iti41.fault_reason(msg.body) or "")
+    status, msg = ask(s, iti41.ITI43, etree.Element("{urn:x}Nonsense"))
+    assert status == 400 and "RetrieveDocumentSetRequest" in (iti41.fault_reason(msg.body)
+                                                              or "")
+    # ObjectRef answers carry references only.
+    status, msg = ask(s, iti41.ITI18, find_documents_request(FindDocuments(
+        PATIENT, return_type="ObjectRef")))
+    refs = read_query_response(msg.body)
+    assert refs.entries == [] and len(refs.references) == 3
+
+
+@pytest.mark.parametrize("consultation, says", [
+    ("{timeout: -1}", "consultation/timeout: -1 is less than or equal to the minimum of 0"),
+    ("{colour: red}", "unknown key 'colour' in destinations/dmp/options/consultation"),
+    ("{profession: medecin}", "consultation/profession: 'medecin' is not valid"),
+    ("{break_glass_roles: [nurse]}", "'nurse' is not one of admin, operator, clinician"),
+])
+def test_consultation_settings_are_checked_with_their_line(consultation: str,
+                                                           says: str) -> None:
+    from engine.config import ConfigError, load_text
+
+    text = ("version: 1\nchannels:\n  main: {type: mllp, host: 127.0.0.1, port: 0}\n"
+            "destinations:\n  dmp:\n    type: dmp\n    options:\n      url: http://x\n"
+            f"      consultation: {consultation}\nroutes: []\n")
+    with pytest.raises(ConfigError) as exc:
+        load_text(text)
+    assert "routes.yaml:9:" in str(exc.value) and says in str(exc.value)
+    load_text(text.replace(consultation, "{timeout: 5, break_glass_roles: [clinician], "
+                           "profession: '10^1.2.250.1.71.1.2.7^Médecin'}"))

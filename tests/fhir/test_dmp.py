@@ -23,7 +23,8 @@ from sqlalchemy import update
 from connectors.dmp.metadata import cx_ins
 from engine.timeline.models import patients
 from tests.dmp.conftest import Certs, RunningSim, certs, dmp_options, dmp_server, sim
-from tests.fhir.conftest import INS, Fhir, start
+from tests.fhir.conftest import CONSENT, INS, Fhir, start
+from tests.timeline.conftest import read
 
 __all__ = ["certs", "dmp_server", "sim"]  # fixtures of the DMP tests, used here
 PATIENT_CX = cx_ins(INS, "1.2.250.1.213.1.4.10")
@@ -256,6 +257,17 @@ async def test_break_glass(fhir_dmp: Fhir, sim: Any) -> None:
     f.tokens["other"] = other
     async with f.client("other") as c:
         outcome(await c.get(f"Binary/{doc_id}"), 404)
+    # The patient then opposes bris de glace (ZFA-6 = Y): it closes, even to its opener.
+    raw = read(*CONSENT).replace(b"ZFA|ACTIF|20240306111154|||||||INO",
+                                 b"ZFA|ACTIF|20240306111154||||Y|||INO")
+    assert raw != read(*CONSENT)
+    f.apply(raw, 2)
+    async with f.client("outside") as c:
+        assert "opposed bris de glace" in outcome(await c.get(f"Binary/{doc_id}"), 403)
+        assert "opposed bris de glace" in outcome(await c.get("DocumentReference", params={
+            "patient": pid, "_source": "dmp", "access-mode": "bris_de_glace",
+            "access-reason": "encore"}), 403)
+    assert audit_rows(f)[-1][:2] == ("fhir.dmp.break_glass", "denied")
 
 
 async def test_break_glass_only_for_allowed_roles(make_engine: Any, store_url: str,
