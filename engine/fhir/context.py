@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, false, or_, select
 from sqlalchemy.engine import Connection
 
 from ..timeline import audit
@@ -116,3 +116,26 @@ class Context:
             return
         audit.record(self.db, self.who, action, patient_ids=sorted(self.shown) or None,
                      remote=self.remote, detail=detail)
+
+    def granted_patients(self) -> list[int]:
+        """Patients with an explicit grant to the caller (what V documents require)."""
+        conds = []
+        if self.who.user_id is not None:
+            conds.append(care_circle.c.user_id == self.who.user_id)
+        if self.who.professional_id:
+            conds.append(care_circle.c.professional_id == self.who.professional_id)
+        if not conds:
+            return []
+        rows = self.conn.execute(select(care_circle.c.patient_id).where(
+            care_circle.c.source == "grant", or_(*conds)).distinct()).scalars().all()
+        return sorted(int(p) for p in rows if self.granted(int(p)))
+
+    def masking_clause(self, masked_ps: Any, confidentiality: Any, author_id: Any,
+                       patient_id: Any) -> Any:
+        """`masking.visible` as SQL, so that totals and pages count only what the caller
+        may see; handlers still pass each row through `visible` before showing it."""
+        me = self.who.professional_id
+        mine = (author_id == me) if me else false()
+        return and_(or_(masked_ps.is_(False), mine),
+                    or_(confidentiality.is_(None), confidentiality != "V", mine,
+                        patient_id.in_(self.granted_patients())))

@@ -162,4 +162,11 @@ def default_registry() -> Registry:
 # adds its providers. Order matters only between providers of one type (search paging order).
 RESOURCE_MODULES = [
     ".patient",
+    ".encounter",
+    ".observation",
+    ".report",
+    ".document",
+    ".order",
+    ".appointment",
+    ".care_team",
 ]
