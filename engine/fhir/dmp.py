@@ -367,6 +367,7 @@ class Consultation:
     def read_binary(self, ctx: Context, rid: str) -> dict[str, Any]:
         acc, e = self._entry(ctx, rid, "fhir.dmp.read")
         content = self._retrieve(ctx, acc, e)
+        ctx.patient_ref(acc.patient_id)  # the router's audit row names the patient shown
         return finish({"resourceType": "Binary", "id": rid,
                        "contentType": e.mime_type or "text/xml",
                        "data": base64.b64encode(content).decode("ascii")}, None)

@@ -332,3 +332,36 @@ async def test_not_configured_and_capability(make_engine: Any, store_url: str,
     assert {"_source", "patient", "access-mode", "access-reason", "creation"} <= names
     assert "dmp" in next(p for p in doc["searchParam"] if p["name"] == "_source")[
         "documentation"]
+
+
+def _fhirclient_lists_and_opens(base: str, token: str) -> tuple[list[Any], Any, Any]:
+    """What an EHR does with the Python `fhirclient`: find the patient by INS, list their
+    DMP documents, open one through its attachment URL."""
+    from fhirclient import client
+    from fhirclient.models.patient import Patient
+
+    smart = client.FHIRClient(settings={"app_id": "parcours-tests", "api_base": base})
+    smart.server.session.headers["Authorization"] = f"Bearer {token}"
+    server = smart.server
+    (patient,) = Patient.where(struct={
+        "identifier": f"urn:oid:1.2.250.1.213.1.4.10|{INS}"}).perform_resources_iter(server)
+    docs = list(DocumentReference.where(struct={
+        "patient": patient.id, "_source": "dmp", "_count": "2"}).perform_resources_iter(server))
+    url = docs[0].content[0].attachment.url
+    binary = Binary.read_from(url[len(base):], server)
+    return docs, binary, patient
+
+
+async def test_a_fhir_client_lists_and_opens_dmp_documents(fhir_dmp: Fhir) -> None:
+    import asyncio
+
+    docs, binary, patient = await asyncio.to_thread(
+        _fhirclient_lists_and_opens, fhir_dmp.base + "/fhir/r4/", fhir_dmp.tokens["inside"])
+    assert len(docs) == 3  # two pages, followed by the client through `next`
+    assert {d.subject.reference for d in docs} == {f"Patient/{patient.id}"}
+    assert all(d.status == "current" for d in docs)
+    opened = docs[0]
+    assert binary.contentType == "text/xml"
+    content = base64.b64decode(binary.data)
+    assert base64.b64encode(hashlib.sha1(content).digest()).decode() == (
+        opened.content[0].attachment.hash)
