@@ -99,10 +99,12 @@ class SimulatorState:
     trusted_cert: bytes = b""  # VIHF signing certificate (PEM); empty: signature not checked
     require_vihf: bool = True
     documents: dict[str, StoredDocument] = field(default_factory=dict)
-    fail_next: list[str] = field(default_factory=list)  # "busy", "http503" (tests, rehearsal)
+    # "busy", "http503", "garbage" (a 200 that is not XML): the next answers (tests, rehearsal)
+    fail_next: list[str] = field(default_factory=list)
     refuse: str = ""  # RegistryError code answered to every ITI-18 / ITI-43 (rehearsal)
     stall_seconds: float = 0.0  # wait this long before answering (a slow DMP: timeouts)
     received: list[str] = field(default_factory=list)  # actions received, for tests
+    queries: list[StoredQuery] = field(default_factory=list)  # ITI-18 parameters received
     vihf: list[dict[str, list[str]]] = field(default_factory=list)  # VIHF attributes seen
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -142,6 +144,9 @@ class Simulator:
         if self.state.fail_next and self.state.fail_next[0] == "http503":
             self.state.fail_next.pop(0)
             return 503, b"Service Unavailable", "text/plain"
+        if self.state.fail_next and self.state.fail_next[0] == "garbage":  # a broken DMP
+            self.state.fail_next.pop(0)
+            return 200, b"<soap:Envelope>not XML", "application/soap+xml"
         try:
             msg = iti41.read_message(body, content_type, max_bytes=MAX_REQUEST_BYTES)
         except SoapError as exc:
@@ -325,6 +330,7 @@ class Simulator:
             q = read_adhoc_query(msg.body)
         except SoapError as exc:
             return self._fault("Sender", str(exc))
+        self.state.queries.append(q)
         try:
             if self.state.refuse:
                 raise Reject(self.state.refuse, "requête refusée par le DMP (dmp-sim --refuse)")

@@ -144,7 +144,8 @@ async def test_search_read_and_open_a_dmp_document(fhir_dmp: Fhir, sim: Any) -> 
     assert any(a["action"] == "fhir.search" and a["outcome"] == "allowed" for a in f.audit())
 
 
-async def test_search_parameters_become_find_documents_filters(fhir_dmp: Fhir) -> None:
+async def test_search_parameters_become_find_documents_filters(fhir_dmp: Fhir,
+                                                                sim: Any) -> None:
     f = fhir_dmp
     pid = await patient_id(f)
 
@@ -159,8 +160,17 @@ async def test_search_parameters_become_find_documents_filters(fhir_dmp: Fhir) -
     assert await titles(status="superseded") == ["Bilan biologique (version 1)"]
     assert await titles(status="current,superseded", type="http://loinc.org|11502-2") == [
         "Bilan biologique (version 1)", "Bilan biologique"]
+    # The filters went to the DMP in the FindDocuments (ITI-18), not applied here afterwards.
+    sent = sim.state.queries[-1]
+    assert sent.values("$XDSDocumentEntryStatus") == [
+        "urn:oasis:names:tc:ebxml-regrep:StatusType:Approved",
+        "urn:oasis:names:tc:ebxml-regrep:StatusType:Deprecated"]
+    assert sent.values("$XDSDocumentEntryTypeCode") == ["11502-2^^2.16.840.1.113883.6.1"]
+    assert sent.first("$XDSDocumentEntryPatientId") == PATIENT_CX
     assert await titles(type="18748-4") == ["Scanner thoracique"]  # LOINC when no system
     assert await titles(creation="ge2026-11-15") == ["Bilan biologique"]
+    assert sim.state.queries[-1].first("$XDSDocumentEntryCreationTimeFrom") == "20261115000000"
+    assert sim.state.queries[-1].values("$XDSDocumentEntryCreationTimeTo") == []
     assert await titles(date="lt2026-07") == ["Lettre de liaison à la sortie"]
     assert await titles(**{"security-label": "R"}) == ["Lettre de liaison à la sortie"]
     assert await titles(creation="2025") == []
@@ -302,6 +312,21 @@ async def test_dmp_refusals_are_operation_outcomes(fhir_dmp: Fhir, sim: Any, set
     assert INS not in r.text  # the DMP's context may name the patient: never repeated
     action, result, detail = audit_rows(fhir_dmp)[-1]
     assert (action, result, detail["dmp_codes"]) == ("fhir.dmp.search", "refused", [says])
+
+
+@pytest.mark.parametrize("failure, code, says", [
+    ("http503", "transient", "could not be reached (ITI-18: HTTP503)"),
+    ("garbage", "exception", "answer to ITI-18 was not understood"),
+])
+async def test_a_broken_dmp_is_a_502(fhir_dmp: Fhir, sim: Any, failure: str, code: str,
+                                     says: str) -> None:
+    pid = await patient_id(fhir_dmp)
+    sim.state.fail_next.append(failure)
+    async with fhir_dmp.client("inside") as c:
+        r = await c.get("DocumentReference", params={"patient": pid, "_source": "dmp"})
+    assert says in outcome(r, 502)
+    assert r.json()["issue"][0]["code"] == code
+    assert audit_rows(fhir_dmp)[-1][:2] == ("fhir.dmp.search", "failed")
 
 
 async def test_a_dmp_that_does_not_answer_is_a_504(fhir_dmp: Fhir, sim: Any) -> None:
