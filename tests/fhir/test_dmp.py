@@ -390,3 +390,22 @@ async def test_a_fhir_client_lists_and_opens_dmp_documents(fhir_dmp: Fhir) -> No
     content = base64.b64decode(binary.data)
     assert base64.b64encode(hashlib.sha1(content).digest()).decode() == (
         opened.content[0].attachment.hash)
+
+
+async def test_bris_de_glace_closes_after_its_window(make_engine: Any, store_url: str,
+                                                     dmp_server: RunningSim, certs: Certs,
+                                                     sim: Any) -> None:
+    """With `break_glass_hours: 0` the glass opens for the search that breaks it only: the
+    reader's next read, outside their care circle, is a 404 again."""
+    sim.state.seed(PATIENT_CX)
+    f = await start(make_engine, store_url, routes(dmp_server.url, certs, {
+        "break_glass_hours": 0}))
+    pid = await patient_id(f)
+    async with f.client("outside") as c:
+        r = await c.get("DocumentReference", params={
+            "patient": pid, "_source": "dmp", "access-mode": "bris_de_glace",
+            "access-reason": "urgence vitale"})
+        assert r.status_code == 200 and r.json()["total"] == 3
+        doc_id = r.json()["entry"][0]["resource"]["id"]
+        outcome(await c.get(f"Binary/{doc_id}"), 404)
+    assert sim.state.received.count(ITI43) == 0
