@@ -19,9 +19,17 @@ import httpx
 from lxml import etree
 
 from . import iti41
-from .iti41 import EntryInfo, RegistryError, RegistryResult, SoapError
+from .iti41 import RegistryError, RegistryResult, SoapError
 from .metadata import DocumentEntry, SubmissionSet, submit_objects_request, update_status_request
+from .retrieve import DocumentRequest, RetrieveResponse, read_retrieve_response, retrieve_request
 from .saml import VIHFIdentity, build_assertion, coded
+from .stored_query import (
+    FindDocuments,
+    QueryResponse,
+    find_documents_request,
+    get_documents_request,
+    read_query_response,
+)
 
 TRANSIENT_CODES = frozenset({
     "XDSRegistryBusy", "XDSRepositoryBusy", "XDSRegistryOutOfResources",
@@ -105,12 +113,13 @@ class DMPClient:
     async def close(self) -> None:
         await self._http.aclose()
 
-    def _assertion(self, patient_cx: str, secret: bool = False) -> etree._Element | None:
+    def _assertion(self, patient_cx: str, secret: bool = False,
+                   identity: VIHFIdentity | None = None) -> etree._Element | None:
         """`secret`: the sender asked for the DMP's secret connection (MetaDMPMSS
         CONNEXION_SECRETE=Y); the VIHF then carries the confidentiality-code attribute."""
         if not self._sign_cert:
             return None
-        return build_assertion(self.config.identity, patient_cx, self._sign_cert,
+        return build_assertion(identity or self.config.identity, patient_cx, self._sign_cert,
                                self._sign_key, confidential_access=secret)
 
     async def _post(self, url: str, content: bytes, content_type: str) -> iti41.SoapMessage:
@@ -143,26 +152,27 @@ class DMPClient:
         msg = await self._post(self.config.repository_url, data, ctype)
         return iti41.read_registry_result(msg.body)
 
-    async def _query(self, patient_cx: str, query_id: str, params: dict[str, list[str]],
-                     secret: bool = False) -> tuple[RegistryResult, list[EntryInfo]]:
+    async def _query(self, request: etree._Element, patient_cx: str, *, secret: bool = False,
+                     identity: VIHFIdentity | None = None) -> QueryResponse:
         url = self.config.registry_url or self.config.repository_url
-        env = iti41.envelope(iti41.ITI18, url, iti41.stored_query(query_id, params),
-                             security=self._assertion(patient_cx, secret))
+        env = iti41.envelope(iti41.ITI18, url, request,
+                             security=self._assertion(patient_cx, secret, identity))
         msg = await self._post(url, etree.tostring(env, xml_declaration=True, encoding="UTF-8"),
                                f'application/soap+xml; charset=UTF-8; action="{iti41.ITI18}"')
-        return iti41.read_registry_result(msg.body), iti41.read_entries(msg.body)
+        return read_query_response(msg.body)
 
     async def get_documents(self, patient_cx: str, unique_id: str, *, secret: bool = False
-                            ) -> tuple[RegistryResult, list[EntryInfo]]:
+                            ) -> tuple[RegistryResult, list[DocumentEntry]]:
         """ITI-18 GetDocuments by uniqueId: finds the entry a replacement or deletion targets."""
-        return await self._query(patient_cx, iti41.GET_DOCUMENTS,
-                                 {"$XDSDocumentEntryUniqueId": [unique_id]}, secret)
+        r = await self._query(get_documents_request([unique_id]), patient_cx, secret=secret)
+        return r.result, r.entries
 
-    async def find_documents(self, patient_cx: str, statuses: tuple[str, ...] = (
-            "urn:oasis:names:tc:ebxml-regrep:StatusType:Approved",)
-                             ) -> tuple[RegistryResult, list[EntryInfo]]:
-        return await self._query(patient_cx, iti41.FIND_DOCUMENTS, {
-            "$XDSDocumentEntryPatientId": [patient_cx], "$XDSDocumentEntryStatus": list(statuses)})
+    async def find_documents(self, query: FindDocuments, *,
+                             identity: VIHFIdentity | None = None) -> QueryResponse:
+        """ITI-18 FindDocuments; `identity`: the VIHF subject when a professional reads
+        (saml.reader_identity), else the feed's own."""
+        return await self._query(find_documents_request(query), query.patient_id,
+                                 identity=identity)
 
     async def update_status(self, sset: SubmissionSet, entry_uuid: str, original: str,
                             new: str, *, secret: bool = False) -> RegistryResult:
@@ -175,19 +185,16 @@ class DMPClient:
                                f'application/soap+xml; charset=UTF-8; action="{iti41.ITI57}"')
         return iti41.read_registry_result(msg.body)
 
-    async def retrieve(self, patient_cx: str, repository_id: str, unique_id: str
-                       ) -> tuple[RegistryResult, bytes | None]:
-        """ITI-43 Retrieve Document Set (one document)."""
+    async def retrieve(self, patient_cx: str, documents: list[DocumentRequest], *,
+                       identity: VIHFIdentity | None = None) -> RetrieveResponse:
+        """ITI-43 Retrieve Document Set; the VIHF names the patient the documents are of."""
         env = iti41.envelope(iti41.ITI43, self.config.repository_url,
-                             iti41.retrieve_request(repository_id, unique_id),
-                             security=self._assertion(patient_cx))
+                             retrieve_request(documents),
+                             security=self._assertion(patient_cx, identity=identity))
         msg = await self._post(self.config.repository_url,
                                etree.tostring(env, xml_declaration=True, encoding="UTF-8"),
                                f'application/soap+xml; charset=UTF-8; action="{iti41.ITI43}"')
-        result = iti41.read_registry_result(msg.body)
-        doc = msg.body.find(f"{{{iti41.XDSB}}}DocumentResponse/{{{iti41.XDSB}}}Document")
-        return result, (iti41.document_content(doc, msg.attachments) if doc is not None
-                        else None)
+        return read_retrieve_response(msg.body, msg.attachments)
 
 
 __all__ = ["DMPClient", "DMPConfig", "DMPUnavailable", "RegistryError", "RegistryResult",

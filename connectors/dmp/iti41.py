@@ -2,8 +2,8 @@
 
 - ITI-41 Provide and Register Document Set-b (IHE ITI TF-2b §3.41): the document travels as
   an MTOM attachment referenced by xop:Include (ITI TF-2x Appendix V, W3C XOP), never inlined.
-- ITI-18 Registry Stored Query (FindDocuments, GetDocuments), ITI-43 Retrieve Document Set,
-  ITI-57 Update Document Set (used by the DMP for logical deletion).
+- ITI-57 Update Document Set (used by the DMP for logical deletion); the bodies of ITI-18
+  and ITI-43 are in stored_query.py and retrieve.py, their envelopes here.
 
 Both sides use these functions: the client builds requests and reads responses, the simulator
 reads requests and builds responses. Parsing goes through the safe XML parser.
@@ -34,8 +34,6 @@ ITI43 = "urn:ihe:iti:2007:RetrieveDocumentSet"
 ITI57 = "urn:ihe:iti:2010:UpdateDocumentSet"
 RESPONSE_ACTIONS = {ITI41: ITI41 + "Response", ITI18: ITI18 + "Response",
                     ITI43: ITI43 + "Response", ITI57: ITI57 + "Response"}
-FIND_DOCUMENTS = "urn:uuid:14d4debf-8f97-4251-9a74-a90016b0af0d"
-GET_DOCUMENTS = "urn:uuid:5c4f972b-d56b-40ac-a5fc-c8ca9b40b9d4"
 SUCCESS = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Success"
 FAILURE = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Failure"
 PARTIAL = "urn:ihe:iti:2007:ResponseStatusType:PartialSuccess"
@@ -208,7 +206,10 @@ def document_content(doc: etree._Element, attachments: dict[str, bytes]) -> byte
         if cid not in attachments:
             raise SoapError(f"xop:Include refers to a missing attachment {cid}")
         return attachments[cid]
-    return base64.b64decode(doc.text or "")
+    try:
+        return base64.b64decode("".join((doc.text or "").split()), validate=True)
+    except ValueError:
+        raise SoapError("Document is neither an xop:Include nor valid base64") from None
 
 
 # ---------------------------------------------------------------------------- requests
@@ -222,29 +223,6 @@ def provide_and_register(sor: etree._Element, documents: dict[str, str]
     for entry_uuid, cid in documents.items():
         d = etree.SubElement(req, f"{{{XDSB}}}Document", id=entry_uuid)
         etree.SubElement(d, f"{{{XOP}}}Include", href=f"cid:{cid}")
-    return req
-
-
-def stored_query(query_id: str, params: dict[str, list[str]], return_type: str = "LeafClass"
-                 ) -> etree._Element:
-    """query:AdhocQueryRequest (ITI TF-2a §3.18.4.1.2); list values are written ('a','b')."""
-    req = etree.Element(f"{{{QUERY}}}AdhocQueryRequest", nsmap={"query": QUERY, "rim": RIM})
-    etree.SubElement(req, f"{{{QUERY}}}ResponseOption", returnComposedObjects="true",
-                     returnType=return_type)
-    q = etree.SubElement(req, f"{{{RIM}}}AdhocQuery", id=query_id)
-    for name, values in params.items():
-        slot = etree.SubElement(q, f"{{{RIM}}}Slot", name=name)
-        vl = etree.SubElement(slot, f"{{{RIM}}}ValueList")
-        etree.SubElement(vl, f"{{{RIM}}}Value").text = (
-            "(" + ",".join(f"'{v}'" for v in values) + ")")
-    return req
-
-
-def retrieve_request(repository_id: str, unique_id: str) -> etree._Element:
-    req = etree.Element(f"{{{XDSB}}}RetrieveDocumentSetRequest", nsmap={"xdsb": XDSB})
-    d = etree.SubElement(req, f"{{{XDSB}}}DocumentRequest")
-    etree.SubElement(d, f"{{{XDSB}}}RepositoryUniqueId").text = repository_id
-    etree.SubElement(d, f"{{{XDSB}}}DocumentUniqueId").text = unique_id
     return req
 
 
@@ -280,13 +258,18 @@ class RegistryResult:
 def registry_response(status: str, errors: list[RegistryError] = ()  # type: ignore[assignment]
                       ) -> etree._Element:
     resp = etree.Element(f"{{{RS}}}RegistryResponse", nsmap={"rs": RS}, status=status)
+    append_errors(resp, errors)
+    return resp
+
+
+def append_errors(parent: etree._Element, errors: list[RegistryError]) -> None:
+    """rs:RegistryErrorList (ebRS 3.0 RegistryResponseType), nothing when there are none."""
     if errors:
-        lst = etree.SubElement(resp, f"{{{RS}}}RegistryErrorList")
+        lst = etree.SubElement(parent, f"{{{RS}}}RegistryErrorList")
         for e in errors:
             etree.SubElement(lst, f"{{{RS}}}RegistryError", errorCode=e.code,
                              codeContext=e.context, severity=e.severity,
                              location=e.location or "")
-    return resp
 
 
 def read_registry_result(el: etree._Element) -> RegistryResult:
@@ -319,35 +302,6 @@ def fault_reason(body: etree._Element) -> str | None:
     if body.tag != f"{{{SOAP}}}Fault":
         return None
     return " ".join((body.findtext(f".//{{{SOAP}}}Text") or "SOAP fault").split())
-
-
-@dataclass(frozen=True)
-class EntryInfo:
-    entry_uuid: str
-    unique_id: str
-    status: str
-    patient_id: str
-    hash: str
-    repository_id: str
-
-
-def read_entries(response: etree._Element) -> list[EntryInfo]:
-    """ExtrinsicObjects of an AdhocQueryResponse (LeafClass)."""
-    out = []
-    for eo in response.iter(f"{{{RIM}}}ExtrinsicObject"):
-        def slot(name: str, _eo: etree._Element = eo) -> str:
-            v = _eo.find(f"{{{RIM}}}Slot[@name='{name}']/{{{RIM}}}ValueList/{{{RIM}}}Value")
-            return (v.text or "") if v is not None else ""
-
-        def ext(scheme: str, _eo: etree._Element = eo) -> str:
-            e = _eo.find(f"{{{RIM}}}ExternalIdentifier[@identificationScheme='{scheme}']")
-            return e.get("value", "") if e is not None else ""
-
-        from .metadata import DE_PATIENT_ID, DE_UNIQUE_ID
-
-        out.append(EntryInfo(eo.get("id", ""), ext(DE_UNIQUE_ID), eo.get("status", ""),
-                             ext(DE_PATIENT_ID), slot("hash"), slot("repositoryUniqueId")))
-    return out
 
 
 __all__ = ["LCM", "RIM", "RS", "XDSB"]

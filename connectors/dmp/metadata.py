@@ -44,6 +44,8 @@ DE_PRACTICE = "urn:uuid:cccf5598-8b07-4b77-a05e-ae952c785ead"
 DE_TYPE = "urn:uuid:f0306f51-975f-434e-a61c-c59651d33983"
 DE_PATIENT_ID = "urn:uuid:58a6f841-87b3-4a3e-92fd-a8ffeff98427"
 DE_UNIQUE_ID = "urn:uuid:2e82c1f6-a085-4c72-9da3-8640a32e42ab"
+DE_EVENT = "urn:uuid:2c6b8cb7-8b2a-4051-b291-b1ae6a575ef4"
+ON_DEMAND_ENTRY = "urn:uuid:34268e47-fdf5-41a6-ba33-82133c465248"
 SS_AUTHOR = "urn:uuid:a7058bb9-b4e4-4307-ba5b-e3f0ab85e12d"
 SS_CONTENT_TYPE = "urn:uuid:aa543740-bdda-424e-8c96-df4873be8500"
 SS_UNIQUE_ID = "urn:uuid:96fdda7c-d067-4183-912e-bf5ee74998a8"
@@ -128,6 +130,14 @@ class DocumentEntry:
     set_id: str = ""
     version: str = ""
     parent_unique_id: str = ""  # relatedDocument RPLC in the CDA
+    # Set by the registry, read back from ITI-18 answers (ITI TF-3 §4.2.3.2): never sent in
+    # an ITI-41 submission, where they stay empty.
+    status: str = ""  # availabilityStatus
+    repository_id: str = ""  # repositoryUniqueId: where ITI-43 fetches the document
+    home_community_id: str = ""
+    comments: str = ""
+    event_codes: list[Code] = field(default_factory=list)
+    object_type: str = DOC_ENTRY  # stable, or on-demand (ON_DEMAND_ENTRY)
 
     def __post_init__(self) -> None:
         if not self.entry_uuid:
@@ -421,6 +431,8 @@ def _name(parent: etree._Element, value: str) -> None:
 
 
 def _classification(parent: etree._Element, scheme: str, obj: str, code: Code, cid: str) -> None:
+    if not code.code:  # an entry read back without it (ITI-18 answers may omit it)
+        return
     c = _rim(parent, "Classification", classificationScheme=scheme, classifiedObject=obj,
              id=cid, nodeRepresentation=code.code, objectType=CLASSIFICATION)
     _slot(c, "codingScheme", [code.scheme])
@@ -444,20 +456,27 @@ def _external_id(parent: etree._Element, scheme: str, obj: str, value: str, name
     _name(e, name)
 
 
-def _doc_entry_xml(rol: etree._Element, d: DocumentEntry) -> None:
+def _doc_entry_xml(rol: etree._Element, d: DocumentEntry) -> etree._Element:
     eo = _rim(rol, "ExtrinsicObject", id=d.entry_uuid, mimeType=d.mime_type,
-              objectType=DOC_ENTRY)
+              objectType=d.object_type)
+    if d.status:
+        eo.set("status", d.status)
+    if d.home_community_id:
+        eo.set("home", d.home_community_id)
     _slot(eo, "creationTime", [d.creation_time])
     _slot(eo, "hash", [d.hash])
     _slot(eo, "languageCode", [d.language])
     _slot(eo, "legalAuthenticator", [d.legal_authenticator])
     _slot(eo, "serviceStartTime", [d.service_start])
     _slot(eo, "serviceStopTime", [d.service_stop])
-    _slot(eo, "size", [str(d.size)])
+    _slot(eo, "repositoryUniqueId", [d.repository_id])
+    _slot(eo, "size", [str(d.size)] if d.size else [])
     _slot(eo, "sourcePatientId", [d.source_patient_id])
     _slot(eo, "sourcePatientInfo", d.source_patient_info)
     _slot(eo, "urn:ihe:iti:xds:2013:referenceIdList", d.reference_ids)
     _name(eo, d.title)
+    if d.comments:
+        _rim(_rim(eo, "Description"), "LocalizedString", value=d.comments)
     n = 0
 
     def cid() -> str:
@@ -474,9 +493,18 @@ def _doc_entry_xml(rol: etree._Element, d: DocumentEntry) -> None:
     _classification(eo, DE_FACILITY, d.entry_uuid, d.facility_type, cid())
     _classification(eo, DE_PRACTICE, d.entry_uuid, d.practice_setting, cid())
     _classification(eo, DE_TYPE, d.entry_uuid, d.type_code, cid())
+    for c in d.event_codes:
+        _classification(eo, DE_EVENT, d.entry_uuid, c, cid())
     _external_id(eo, DE_PATIENT_ID, d.entry_uuid, d.patient_id,
                  "XDSDocumentEntry.patientId", cid())
     _external_id(eo, DE_UNIQUE_ID, d.entry_uuid, d.unique_id, "XDSDocumentEntry.uniqueId", cid())
+    return eo
+
+
+def document_entry_xml(d: DocumentEntry) -> etree._Element:
+    """A standalone ExtrinsicObject: what a registry returns for the entry (ITI-18)."""
+    holder = etree.Element(f"{{{RIM}}}RegistryObjectList", nsmap={"rim": RIM})
+    return _doc_entry_xml(holder, d)
 
 
 def _submission_set_xml(rol: etree._Element, s: SubmissionSet) -> None:

@@ -21,7 +21,7 @@ secret connection to the DMP is asked (MetaDMPMSS CONNEXION_SECRETE=Y).
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
@@ -44,6 +44,14 @@ class Role:
     display: str = ""
 
 
+# TRE_R248 "mode d'accès" (1.2.250.1.213.1.1.4.248): the purpose of use a VIHF declares.
+ACCESS_MODE_SYSTEM = "1.2.250.1.213.1.1.4.248"
+NORMAL_ACCESS = Role("normal", ACCESS_MODE_SYSTEM, "Accès normal")
+BREAK_GLASS = Role("bris_de_glace", ACCESS_MODE_SYSTEM, "Accès en bris de glace")
+PROFESSION_SYSTEM = "1.2.250.1.71.1.2.7"  # TRE_G15 professions (JDV_J65 subject roles)
+SPECIALTY_SYSTEM = "1.2.250.1.71.4.2.5"  # TRE_R01 RPPS specialties (JDV_J65 subject roles)
+
+
 @dataclass
 class VIHFIdentity:
     """Who feeds the DMP. Defaults describe an automated feed ("traitement automatisé")."""
@@ -58,7 +66,7 @@ class VIHFIdentity:
     lps_version: str = "0.1"
     lps_homologation: str = ""  # LPS_ID_HOMOLOGATION_DMP, given by the ANS
     lps_id: str = ""  # LPS_ID (optional in the ANS table): this installation's identifier
-    purpose_of_use: Role = Role("normal", "1.2.250.1.213.1.1.4.248", "Accès normal")
+    purpose_of_use: Role = NORMAL_ACCESS
     authn_context: str = "urn:oasis:names:tc:SAML:2.0:ac:classes:unspecified"
     vihf_version: str = "4.0"  # ANS mapping table: constant "4.0"
     # Value of the confidentiality-code attribute for a secret connection. The ANS table
@@ -67,6 +75,17 @@ class VIHFIdentity:
     # confirmed on the DMP test platform; `identity.secret_connection_code` overrides it.
     secret_connection: Role = Role("INVISIBLE_REPRESENTANTS_LEGAUX", "1.2.250.1.213.1.1.4.13",
                                    "Non visible par les représentants légaux du patient")
+
+
+def reader_identity(structure: VIHFIdentity, *, name_id: str, subject_name: str,
+                    roles: list[Role], break_glass: bool = False) -> VIHFIdentity:
+    """The VIHF of a professional reading the DMP through Parcours: the structure, its
+    software and its signing certificate stay the feed's; the subject becomes the reader
+    (NameID = their national id, IDNPS; subject-id = their name; roles = profession and,
+    for doctors and pharmacists, specialty, JDV_J65) and the purpose of use says whether
+    this is a normal access or "bris de glace" (TRE_R248)."""
+    return replace(structure, name_id=name_id, subject_name=subject_name, roles=list(roles),
+                   purpose_of_use=BREAK_GLASS if break_glass else NORMAL_ACCESS)
 
 
 def coded(text: str) -> Role:

@@ -16,11 +16,18 @@ Errors answered (RegistryResponse Failure, ITI TF-3 Table 4.2.4.1-2 codes where 
   XDSDuplicateUniqueIdInRegistry  uniqueId already registered
   UnresolvedReferenceException    RPLC / status update target unknown
   XDSRegistryBusy           injected with `fail_next` (transient)
+  XDSMissingDocument        ITI-43 for a document it does not hold (location = its uniqueId)
+  XDSUnknownRepositoryId    ITI-43 naming another repository
+  XDSUnknownStoredQuery     a stored query other than FindDocuments / GetDocuments
+  <any code>                every ITI-18 / ITI-43 refused with it (`refuse`, --refuse)
+Reads (ITI-18 FindDocuments, ITI-43) check the VIHF as writes do; `seed` puts example
+documents in a patient's DMP (seed.py) and `stall_seconds` makes it answer late (timeouts).
 Malformed or hostile messages get a SOAP Sender fault (HTTP 400); no patient data is logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import threading
@@ -31,6 +38,7 @@ from fastapi import FastAPI, Request, Response
 from lxml import etree
 
 from . import iti41
+from .entries import codes, external_id, read_document_entry, slot_value
 from .iti41 import RegistryError, SoapError
 from .metadata import (
     APPROVED,
@@ -48,11 +56,21 @@ from .metadata import (
     SS_PATIENT_ID,
     UPDATE_STATUS,
     XDSB,
-    Code,
+    DocumentEntry,
+    document_entry_xml,
     in_value_set,
     schema_errors,
 )
+from .retrieve import RetrievedDocument, read_retrieve_request, retrieve_response
 from .saml import InvalidAssertion, assertion_attributes, verify_assertion
+from .seed import seed_documents
+from .stored_query import (
+    FIND_DOCUMENTS,
+    GET_DOCUMENTS,
+    StoredQuery,
+    adhoc_query_response,
+    read_adhoc_query,
+)
 
 log = logging.getLogger("parcours.dmp_sim")
 REPOSITORY_ID = "1.2.250.1.213.1.1.9.1"
@@ -81,13 +99,26 @@ class SimulatorState:
     trusted_cert: bytes = b""  # VIHF signing certificate (PEM); empty: signature not checked
     require_vihf: bool = True
     documents: dict[str, StoredDocument] = field(default_factory=dict)
-    fail_next: list[str] = field(default_factory=list)  # "busy", "http503" (tests, rehearsal)
+    # "busy", "http503", "garbage" (a 200 that is not XML): the next answers (tests, rehearsal)
+    fail_next: list[str] = field(default_factory=list)
+    refuse: str = ""  # RegistryError code answered to every ITI-18 / ITI-43 (rehearsal)
+    stall_seconds: float = 0.0  # wait this long before answering (a slow DMP: timeouts)
     received: list[str] = field(default_factory=list)  # actions received, for tests
+    queries: list[StoredQuery] = field(default_factory=list)  # ITI-18 parameters received
     vihf: list[dict[str, list[str]]] = field(default_factory=list)  # VIHF attributes seen
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def by_unique_id(self, uid: str) -> list[StoredDocument]:
         return [d for d in self.documents.values() if d.unique_id == uid]
+
+    def seed(self, patient_cx: str) -> int:
+        """Put the seeded documents (seed.py) in this patient's DMP; returns how many."""
+        seeded = seed_documents(patient_cx, REPOSITORY_ID)
+        for entry, content in seeded:
+            self.documents[entry.entry_uuid] = StoredDocument(
+                entry.entry_uuid, entry.unique_id, patient_cx, entry.status, entry.hash,
+                etree.tostring(document_entry_xml(entry)), content)
+        return len(seeded)
 
 
 class Reject(Exception):
@@ -113,6 +144,9 @@ class Simulator:
         if self.state.fail_next and self.state.fail_next[0] == "http503":
             self.state.fail_next.pop(0)
             return 503, b"Service Unavailable", "text/plain"
+        if self.state.fail_next and self.state.fail_next[0] == "garbage":  # a broken DMP
+            self.state.fail_next.pop(0)
+            return 200, b"<soap:Envelope>not XML", "application/soap+xml"
         try:
             msg = iti41.read_message(body, content_type, max_bytes=MAX_REQUEST_BYTES)
         except SoapError as exc:
@@ -128,8 +162,8 @@ class Simulator:
         self.state.received.append(msg.action)
         if self.state.fail_next and self.state.fail_next[0] == "busy":
             self.state.fail_next.pop(0)
-            return self._reply(msg, iti41.registry_response(iti41.FAILURE, [RegistryError(
-                "XDSRegistryBusy", "registre momentanément indisponible")]))
+            return self._failure(msg, [RegistryError(
+                "XDSRegistryBusy", "registre momentanément indisponible")])
         with self.state.lock:
             return handler(msg)
 
@@ -154,6 +188,10 @@ class Simulator:
                  ) -> tuple[int, bytes, str]:
         log.info("dmp-sim: %s refused: %s", msg.action.rsplit(":", 1)[-1],
                  ", ".join(e.code for e in errors))
+        if msg.action == iti41.ITI18:  # each transaction fails in its own response type
+            return self._reply(msg, adhoc_query_response([], errors=errors))
+        if msg.action == iti41.ITI43:
+            return self._reply(msg, retrieve_response([], errors)[0], {})
         return self._reply(msg, iti41.registry_response(iti41.FAILURE, errors))
 
     # ------------------------------------------------------------------ checks
@@ -246,21 +284,10 @@ class Simulator:
         eid = eo.get("id", "")
 
         def slot(name: str) -> str:
-            v = eo.find(f"{{{RIM}}}Slot[@name='{name}']/{{{RIM}}}ValueList/{{{RIM}}}Value")
-            return (v.text or "") if v is not None else ""
+            return slot_value(eo, name)
 
         def ext(scheme: str) -> str:
-            e = eo.find(f"{{{RIM}}}ExternalIdentifier[@identificationScheme='{scheme}']")
-            return e.get("value", "") if e is not None else ""
-
-        def codes(scheme: str) -> list[Code]:
-            out = []
-            for c in eo.findall(f"{{{RIM}}}Classification[@classificationScheme='{scheme}']"):
-                v = c.find(f"{{{RIM}}}Slot[@name='codingScheme']/{{{RIM}}}ValueList/"
-                           f"{{{RIM}}}Value")
-                out.append(Code(c.get("nodeRepresentation", ""),
-                                (v.text or "") if v is not None else ""))
-            return out
+            return external_id(eo, scheme)
 
         if ext(DE_PATIENT_ID) != patient_cx:
             raise Reject("XDSPatientIdDoesNotMatch",
@@ -275,7 +302,7 @@ class Simulator:
                 (DE_FACILITY, "JDV_J02_XdsHealthcareFacilityTypeCode_CISIS",
                  "healthcareFacilityTypeCode"),
                 (DE_PRACTICE, "JDV_J04_XdsPracticeSettingCode_CISIS", "practiceSettingCode")):
-            found = codes(scheme)
+            found = codes(eo, scheme)
             if not found:
                 raise Reject("XDSRegistryMetadataError", f"{label} absent", eid)
             for c in found:
@@ -299,73 +326,87 @@ class Simulator:
 
     # ------------------------------------------------------------------ ITI-18
     def _iti18(self, msg: iti41.SoapMessage) -> tuple[int, bytes, str]:
-        q = msg.body.find(f"{{{RIM}}}AdhocQuery")
-        if q is None:
-            return self._fault("Sender", "AdhocQueryRequest attendu")
-        params: dict[str, list[str]] = {}
-        for s in q.findall(f"{{{RIM}}}Slot"):
-            values = []
-            for v in s.iter(f"{{{RIM}}}Value"):
-                values += [x.strip().strip("'") for x in (v.text or "").strip("()").split(",")]
-            params[s.get("name", "")] = values
-        qid = q.get("id", "")
-        if qid == iti41.FIND_DOCUMENTS:
-            pid = (params.get("$XDSDocumentEntryPatientId") or [""])[0]
-            try:
-                self._check_vihf(msg, pid)
-                self._check_patient(pid)
-            except Reject as r:
-                return self._failure(msg, [r.error])
-            statuses = set(params.get("$XDSDocumentEntryStatus") or [APPROVED])
-            found = [d for d in self.state.documents.values()
-                     if d.patient_id == pid and d.status in statuses]
-        elif qid == iti41.GET_DOCUMENTS:
-            uids = set(params.get("$XDSDocumentEntryUniqueId") or [])
-            uuids = set(params.get("$XDSDocumentEntryEntryUUID") or [])
-            found = [d for d in self.state.documents.values()
-                     if d.unique_id in uids or d.entry_uuid in uuids]
-            try:
+        try:
+            q = read_adhoc_query(msg.body)
+        except SoapError as exc:
+            return self._fault("Sender", str(exc))
+        self.state.queries.append(q)
+        try:
+            if self.state.refuse:
+                raise Reject(self.state.refuse, "requête refusée par le DMP (dmp-sim --refuse)")
+            if q.query_id == FIND_DOCUMENTS:
+                found = self._find_documents(msg, q)
+            elif q.query_id == GET_DOCUMENTS:
+                uids = set(q.values("$XDSDocumentEntryUniqueId"))
+                uuids = set(q.values("$XDSDocumentEntryEntryUUID"))
+                found = [d for d in self.state.documents.values()
+                         if d.unique_id in uids or d.entry_uuid in uuids]
                 for d in found[:1]:
                     self._check_vihf(msg, d.patient_id)
-            except Reject as r:
-                return self._failure(msg, [r.error])
-        else:
-            return self._failure(msg, [RegistryError("XDSUnknownStoredQuery", qid)])
-        resp = etree.Element(f"{{{iti41.QUERY}}}AdhocQueryResponse",
-                             nsmap={"query": iti41.QUERY, "rim": RIM}, status=iti41.SUCCESS)
-        rol = etree.SubElement(resp, f"{{{RIM}}}RegistryObjectList")
+            else:
+                raise Reject("XDSUnknownStoredQuery", q.query_id)
+        except Reject as r:
+            return self._failure(msg, [r.error])
+        entries = []
         for d in found:
-            eo = etree.fromstring(d.metadata)
-            eo.set("status", d.status)
-            rol.append(eo)
-        return self._reply(msg, resp)
+            entry = read_document_entry(etree.fromstring(d.metadata))
+            entry.status = d.status
+            entries.append(entry)
+        return self._reply(msg, adhoc_query_response(entries, q.return_type))
+
+    def _find_documents(self, msg: iti41.SoapMessage, q: StoredQuery) -> list[StoredDocument]:
+        """FindDocuments with the filters ITI TF-2a §3.18.4.1.2.3.7.1 defines that a reader
+        uses: status, codes (any of the values), creation and service times."""
+        pid = q.first("$XDSDocumentEntryPatientId")
+        if not pid:
+            raise Reject("XDSRegistryError", "$XDSDocumentEntryPatientId absent")
+        statuses = set(q.values("$XDSDocumentEntryStatus"))
+        if not statuses:
+            raise Reject("XDSRegistryError", "$XDSDocumentEntryStatus absent")
+        self._check_vihf(msg, pid)
+        self._check_patient(pid)
+        wanted = {name: set(q.values(name)) for name in CODE_FILTERS if q.values(name)}
+        out = []
+        for d in self.state.documents.values():
+            if d.patient_id != pid or d.status not in statuses:
+                continue
+            entry = read_document_entry(etree.fromstring(d.metadata))
+            if all(_entry_codes(entry, name) & values for name, values in wanted.items()) \
+                    and _in_times(entry, q):
+                out.append(d)
+        return out
 
     # ------------------------------------------------------------------ ITI-43
     def _iti43(self, msg: iti41.SoapMessage) -> tuple[int, bytes, str]:
-        resp = etree.Element(f"{{{XDSB}}}RetrieveDocumentSetResponse",
-                             nsmap={"xdsb": XDSB, "rs": iti41.RS, "xop": iti41.XOP})
-        attachments: dict[str, tuple[bytes, str]] = {}
+        try:
+            requests = read_retrieve_request(msg.body)
+        except SoapError as exc:
+            return self._fault("Sender", str(exc))
+        found: list[RetrievedDocument] = []
         errors: list[RegistryError] = []
-        for req in msg.body.findall(f"{{{XDSB}}}DocumentRequest"):
-            uid = (req.findtext(f"{{{XDSB}}}DocumentUniqueId") or "").strip()
-            docs = [d for d in self.state.by_unique_id(uid) if d.status != DELETED]
-            if not docs:
-                errors.append(RegistryError("XDSMissingDocument", f"document inconnu : {uid}"))
-                continue
-            cid = f"doc{len(attachments) + 1}@dmp-sim"
-            attachments[cid] = (docs[0].content, "text/xml")
-        status = iti41.SUCCESS if not errors else (iti41.PARTIAL if attachments
-                                                   else iti41.FAILURE)
-        resp.append(iti41.registry_response(status, errors))
-        for i, (cid, _) in enumerate(attachments.items()):
-            doc_uid = [d for d in msg.body.iter(f"{{{XDSB}}}DocumentUniqueId")][i].text or ""
-            dr = etree.SubElement(resp, f"{{{XDSB}}}DocumentResponse")
-            etree.SubElement(dr, f"{{{XDSB}}}RepositoryUniqueId").text = REPOSITORY_ID
-            etree.SubElement(dr, f"{{{XDSB}}}DocumentUniqueId").text = doc_uid.strip()
-            etree.SubElement(dr, f"{{{XDSB}}}mimeType").text = "text/xml"
-            d = etree.SubElement(dr, f"{{{XDSB}}}Document")
-            etree.SubElement(d, f"{{{iti41.XOP}}}Include", href=f"cid:{cid}")
-        return self._reply(msg, resp, attachments)
+        try:
+            if self.state.refuse:
+                raise Reject(self.state.refuse, "requête refusée par le DMP (dmp-sim --refuse)")
+            for req in requests:
+                if req.repository_id != REPOSITORY_ID:
+                    errors.append(RegistryError("XDSUnknownRepositoryId",
+                                                f"entrepôt inconnu : {req.repository_id}",
+                                                location=req.unique_id))
+                    continue
+                docs = [d for d in self.state.by_unique_id(req.unique_id) if d.status != DELETED]
+                if not docs:
+                    errors.append(RegistryError("XDSMissingDocument",
+                                                f"document inconnu : {req.unique_id}",
+                                                location=req.unique_id))
+                    continue
+                self._check_vihf(msg, docs[0].patient_id)
+                mime = read_document_entry(etree.fromstring(docs[0].metadata)).mime_type
+                found.append(RetrievedDocument(REPOSITORY_ID, req.unique_id,
+                                               mime or "text/xml", docs[0].content))
+        except Reject as r:
+            return self._failure(msg, [r.error])
+        body, attachments = retrieve_response(found, errors)
+        return self._reply(msg, body, attachments)
 
     # ------------------------------------------------------------------ ITI-57
     def _iti57(self, msg: iti41.SoapMessage) -> tuple[int, bytes, str]:
@@ -404,6 +445,44 @@ class Simulator:
         return self._reply(msg, iti41.registry_response(iti41.SUCCESS))
 
 
+CODE_FILTERS = ("$XDSDocumentEntryClassCode", "$XDSDocumentEntryTypeCode",
+                "$XDSDocumentEntryPracticeSettingCode",
+                "$XDSDocumentEntryHealthcareFacilityTypeCode",
+                "$XDSDocumentEntryConfidentialityCode", "$XDSDocumentEntryFormatCode",
+                "$XDSDocumentEntryEventCodeList")
+
+
+def _entry_codes(e: DocumentEntry, name: str) -> set[str]:
+    """The entry's codes for one FindDocuments parameter, as code^^scheme."""
+    by_param = {
+        "$XDSDocumentEntryClassCode": [e.class_code],
+        "$XDSDocumentEntryTypeCode": [e.type_code],
+        "$XDSDocumentEntryPracticeSettingCode": [e.practice_setting],
+        "$XDSDocumentEntryHealthcareFacilityTypeCode": [e.facility_type],
+        "$XDSDocumentEntryConfidentialityCode": e.confidentiality,
+        "$XDSDocumentEntryFormatCode": [e.format_code],
+        "$XDSDocumentEntryEventCodeList": e.event_codes,
+    }
+    return {f"{c.code}^^{c.scheme}" for c in by_param[name]}
+
+
+def _in_times(e: DocumentEntry, q: StoredQuery) -> bool:
+    """From inclusive, To exclusive (ITI TF-2a §3.18.4.1.2.3.6), compared on the digits the
+    query gives."""
+    for attr, name in (("creation_time", "CreationTime"), ("service_start", "ServiceStartTime"),
+                       ("service_stop", "ServiceStopTime")):
+        value = getattr(e, attr)
+        low, high = (q.first(f"$XDSDocumentEntry{name}From"),
+                     q.first(f"$XDSDocumentEntry{name}To"))
+        if (low or high) and not value:
+            return False
+        if low and value[:len(low)] < low:
+            return False
+        if high and value[:len(high)] >= high:
+            return False
+    return True
+
+
 def _set_slot(eo: etree._Element, name: str, value: str) -> None:
     for s in eo.findall(f"{{{RIM}}}Slot[@name='{name}']"):
         eo.remove(s)
@@ -425,6 +504,8 @@ def create_app(sim: Simulator) -> Any:
             body += chunk
             if len(body) > MAX_REQUEST_BYTES:
                 return Response(status_code=413)
+        if sim.state.stall_seconds:
+            await asyncio.sleep(sim.state.stall_seconds)
         status, data, ctype = sim.handle(bytes(body), request.headers.get("content-type", ""))
         return Response(content=data, status_code=status, media_type=ctype.split(";")[0],
                         headers={"Content-Type": ctype})

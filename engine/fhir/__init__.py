@@ -23,6 +23,9 @@ def registry_of(engine: Any) -> Registry:
     registry = getattr(engine, "fhir_registry", None)
     if registry is None:
         registry = default_registry()
+        from .dmp import connection_from, register_consultation  # _source=dmp (docs/dmp.md)
+
+        register_consultation(registry, lambda: connection_from(getattr(engine, "config", None)))
         engine.fhir_registry = registry
     return registry
 

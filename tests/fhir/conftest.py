@@ -50,8 +50,8 @@ class Fhir:
                     .mappings()]
 
 
-async def start(make_engine: Any, store_url: str) -> Fhir:
-    eng = await make_engine(store_url=store_url, http=True)
+async def start(make_engine: Any, store_url: str, text: str | None = None) -> Fhir:
+    eng = await make_engine(text, store_url=store_url, http=True)
     port = eng.engine._http.servers[0].sockets[0].getsockname()[1]
     db = eng.store.engine
     tokens = {}

@@ -186,8 +186,10 @@ async def test_second_provider_and_alternative_source(fhir: Fhir) -> None:
     def dmp(ctx: Context, query: SearchQuery) -> SearchResult:
         return SearchResult(0, [])
 
-    registry.register(Provider("DocumentReference", "test.dmp", search=dmp, source="dmp",
-                               id_prefix="dmp-", params=(SearchParam("patient", "reference"),)))
+    # another source than the real DMP one (engine/fhir/dmp.py), which is registered too
+    registry.register(Provider("DocumentReference", "test.archive", search=dmp,
+                               source="archive", id_prefix="arch-",
+                               params=(SearchParam("patient", "reference"),)))
     from .conftest import full_record
 
     full_record(fhir)
@@ -203,14 +205,14 @@ async def test_second_provider_and_alternative_source(fhir: Fhir) -> None:
         # a parameter only the orders know: the referral provider cannot match it
         r = await c.get("ServiceRequest", params={"patient": "1", "status": "active"})
         assert r.json()["total"] == 2
-        r = await c.get("DocumentReference", params={"patient": "1", "_source": "dmp"})
+        r = await c.get("DocumentReference", params={"patient": "1", "_source": "archive"})
         assert r.status_code == 200 and r.json()["total"] == 0
         r = await c.get("DocumentReference", params={"patient": "1"})
         assert r.json()["total"] == 1  # the timeline's own document, not the DMP's
         cs = (await c.get("metadata")).json()
     (doc,) = [x for x in cs["rest"][0]["resource"] if x["type"] == "DocumentReference"]
-    assert {"name": "_source", "type": "uri", "documentation": "alternative source: dmp"} \
-        in doc["searchParam"]
+    assert {"name": "_source", "type": "uri",
+            "documentation": "alternative source: archive, dmp"} in doc["searchParam"]
 
 
 async def test_model_check_of_reads_and_search_pages(fhir: Fhir,
