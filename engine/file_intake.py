@@ -11,8 +11,8 @@ import logging
 from datetime import UTC, datetime
 
 from channels.folder import FileOutcome
+from safexml import UnsafeXML, parse
 from transformers.cda.header import NotCDA, read_header
-from transformers.cda.safe_xml import UnsafeXML, parse
 from transformers.hl7.batch import split_messages
 
 from .intake import Intake, IntakePolicy

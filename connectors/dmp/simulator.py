@@ -30,6 +30,8 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from lxml import etree
 
+from safexml import copy, parse
+
 from . import iti41
 from .iti41 import RegistryError, SoapError
 from .metadata import (
@@ -289,7 +291,7 @@ class Simulator:
             raise Reject("XDSRepositoryMetadataError", "hash différent du document reçu", eid)
         if slot("size") and slot("size") != str(len(content)):
             raise Reject("XDSRepositoryMetadataError", "size différente du document reçu", eid)
-        stored = etree.fromstring(etree.tostring(eo))
+        stored = copy(eo)
         stored.set("status", APPROVED)
         _set_slot(stored, "repositoryUniqueId", REPOSITORY_ID)
         _set_slot(stored, "hash", hashlib.sha1(content).hexdigest())
@@ -335,7 +337,7 @@ class Simulator:
                              nsmap={"query": iti41.QUERY, "rim": RIM}, status=iti41.SUCCESS)
         rol = etree.SubElement(resp, f"{{{RIM}}}RegistryObjectList")
         for d in found:
-            eo = etree.fromstring(d.metadata)
+            eo = parse(d.metadata)
             eo.set("status", d.status)
             rol.append(eo)
         return self._reply(msg, resp)
