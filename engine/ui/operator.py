@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from ..store_ids import StoreId, parse_store_id
 from . import auth_adapter, dashboard
 from . import messages as msgs
 from .hl7_tree import try_parse_tree
@@ -79,7 +80,7 @@ def build_router(ui: UI) -> APIRouter:
                                                      "notice": _notice(request)}, session=s)
 
     @router.post("/ui/conflicts/{conflict_id}/resolve")
-    async def resolve_conflict(request: Request, conflict_id: int) -> Response:
+    async def resolve_conflict(request: Request, conflict_id: StoreId) -> Response:
         """Apply a held conflict's events to the record its local id names, or dismiss it;
         the same decision as `parcours conflicts resolve`."""
         s = ui.operator(request)
@@ -116,7 +117,7 @@ def build_router(ui: UI) -> APIRouter:
             since=msgs.parse_when(q.get("since")), until=msgs.parse_when(q.get("until")),
             channel=q.get("channel", ""), type=q.get("type", ""), status=q.get("status", ""),
             control_id=q.get("control_id", ""), patient=q.get("patient", ""),
-            flag=q.get("flag", ""), before_id=int(before) if before.isdigit() else None)
+            flag=q.get("flag", ""), before_id=parse_store_id(before))
         rows = await asyncio.to_thread(msgs.search, engine.store, search)
         channels = await asyncio.to_thread(msgs.channels_seen, engine.store)
         if rows:
@@ -137,7 +138,7 @@ def build_router(ui: UI) -> APIRouter:
             "statuses": STATUSES, "next_query": next_query}, session=s)
 
     @router.get("/ui/messages/{message_id}", response_class=HTMLResponse)
-    async def message_page(request: Request, message_id: int) -> Response:
+    async def message_page(request: Request, message_id: StoreId) -> Response:
         s = ui.operator(request)
         row = await asyncio.to_thread(engine.store.get_message, message_id)
         if row is None:
@@ -159,7 +160,7 @@ def build_router(ui: UI) -> APIRouter:
             "notice": _notice(request)}, session=s)
 
     @router.post("/ui/messages/{message_id}/reprocess")
-    async def reprocess(request: Request, message_id: int) -> Response:
+    async def reprocess(request: Request, message_id: StoreId) -> Response:
         s = ui.operator(request)
         await ui.form_with_csrf(request, s)
         row = await asyncio.to_thread(engine.store.get_message, message_id)
@@ -179,7 +180,7 @@ def build_router(ui: UI) -> APIRouter:
         return redirect(f"/ui/messages/{message_id}?done={code}&n={n}")
 
     @router.post("/ui/deliveries/{delivery_id}/retry")
-    async def retry(request: Request, delivery_id: int) -> Response:
+    async def retry(request: Request, delivery_id: StoreId) -> Response:
         s = ui.operator(request)
         await ui.form_with_csrf(request, s)
         d = await asyncio.to_thread(msgs.delivery, engine.store, delivery_id)
