@@ -340,11 +340,15 @@ class Intake:
             header = read_header(head)
         except HeaderError:
             header = Header()
-        what = (
-            f"frame of {size} bytes exceeds the channel limit of {limit} bytes"
-            if reason == "oversized"
-            else f"frame cut short after {size} bytes (a new start block arrived before its end)"
-        )
+        what = {
+            "oversized": f"frame of {size} bytes exceeds the channel limit of {limit} bytes",
+            "idle_timeout": f"frame cut short after {size} bytes (the connection fell silent)",
+            "frame_timeout": f"frame not complete within the channel's frame_timeout "
+                             f"({size} bytes received); the connection is closed",
+            "over_budget": f"frame of {size} bytes refused: the engine's budget for "
+                           "unfinished frames is spent (resend later)",
+        }.get(reason, f"frame cut short after {size} bytes (a new start block or the end of "
+                      "the stream arrived before its end)")
         decision = self._refuse(
             head, policy, remote, header, "latin-1",
             "CR" if header.enhanced_mode else "AR", AckError.at(207, what, "MSH"),
