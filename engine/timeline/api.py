@@ -17,7 +17,7 @@ from fastapi.responses import Response
 
 from ..store_ids import MAX_STORE_ID, Offset, StoreId
 from . import audit
-from .auth import Principal
+from .auth import Principal, Refusal
 from .service import Denied, Timeline
 
 EVENT_TYPES = ("stay", "movement", "result", "document", "order", "appointment")
@@ -36,11 +36,16 @@ def build_router(timeline: Timeline) -> APIRouter:
         if scheme.lower() != "bearer" or not credential.strip():
             raise HTTPException(401, "bearer token required",
                                 headers={"WWW-Authenticate": "Bearer"})
-        who = await asyncio.to_thread(timeline.auth.authenticate, credential.strip())
-        if who is None:
+        found = await asyncio.to_thread(timeline.auth.identify, credential.strip())
+        if isinstance(found, Refusal):
+            # Issue #17: a failed authentication is audited — who it claimed to be, from
+            # where, why refused — never the token.
+            await asyncio.to_thread(audit.record_refusal, timeline.db, found,
+                                    remote_of(request), request.url.path)
             raise HTTPException(401, "invalid, expired or revoked token",
                                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-        return who
+        audit.note_caller(found)
+        return found
 
     auth_dep = Depends(principal)
     forbidden = HTTPException(403, "not allowed to read this patient's record")
