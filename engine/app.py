@@ -49,6 +49,8 @@ def policy_for(ch: ChannelConfig) -> IntakePolicy:
         require_segments=ch.accept.require_segments,
         application=ch.application,
         on_reused_control_id=ch.on_reused_control_id,
+        max_stored_bytes=ch.max_stored_bytes,
+        daily_volume_alarm_bytes=ch.daily_volume_alarm_bytes,
     )
 
 
@@ -630,6 +632,7 @@ class Engine:
                 "control_id_reuses": st.reuses, "control_id_reuses_refused": st.reuses_refused,
                 "parse_errors": st.parse_errors, "store_errors": st.store_errors,
                 "connections_open": 0,
+                "volume_alarms": self.intake.volume_alarms(name),
             }
             if isinstance(rt, MLLPChannel):
                 row["connections_open"] = rt.server.stats.connections_open

@@ -19,6 +19,7 @@ from ..store_ids import StoreId, parse_store_id
 from . import auth_adapter, dashboard
 from . import messages as msgs
 from .hl7_tree import try_parse_tree
+from .redaction import MIN_REASON_CHARS, BreakGlass, redacted_view, sensitivity
 from .web import UI, redirect, remote_of
 
 log = logging.getLogger("parcours.ui")
@@ -45,6 +46,9 @@ NOTICES = {
     "conflict-resolved": ("ok", "Conflict resolved."),
     "conflict-refused": ("bad", "That conflict could not be resolved (unknown, already "
                                 "resolved, or no record to apply its events to)."),
+    "glass-broken": ("warn", "Break-glass recorded in the audit log: the content is shown to "
+                             "you for 15 minutes."),
+    "glass-refused": ("bad", "Break-glass needs a reason of at least 10 characters."),
 }
 
 
@@ -60,6 +64,7 @@ def _notice(request: Request) -> tuple[str, str] | None:
 def build_router(ui: UI) -> APIRouter:
     router = APIRouter()
     engine = ui.engine
+    glass = BreakGlass()
 
     # -- dashboard --------------------------------------------------------------------------
 
@@ -152,12 +157,41 @@ def build_router(ui: UI) -> APIRouter:
         is_xml = row.get("message_type") == "CDA" or row.get("charset") == "xml"
         tree, tree_error = ([], "a CDA document: shown as received") if is_xml else \
             try_parse_tree(raw, row.get("version"))
+        # Issue #17: masked / confidentiality-V content only after an audited break-glass.
+        withheld = await asyncio.to_thread(sensitivity, bytes(row.get("raw") or b""),
+                                           row.get("message_type"))
+        glass_open = bool(withheld) and glass.is_open(s.username, message_id)
+        if withheld and not glass_open:
+            view = redacted_view(withheld)
+            raw, tree, tree_error = view["raw"], view["tree"], view["tree_error"]
         deliveries = await asyncio.to_thread(msgs.deliveries_of, engine.store, message_id)
         return ui.render(request, "message.html", {
             "m": row, "raw": raw, "ack": msgs.message_text(row, "ack"),
             "app_ack": msgs.message_text(row, "app_ack"), "tree": tree,
             "tree_error": tree_error, "deliveries": deliveries,
+            "withheld": withheld, "glass_open": glass_open,
             "notice": _notice(request)}, session=s)
+
+    @router.post("/ui/messages/{message_id}/break-glass")
+    async def break_glass(request: Request, message_id: StoreId) -> Response:
+        """Show withheld content to this operator for a while: a written reason, audited."""
+        s = ui.operator(request)
+        form = await ui.form_with_csrf(request, s)
+        reason = " ".join(str(form.get("reason", "")).split())[:500]
+        row = await asyncio.to_thread(engine.store.get_message, message_id)
+        if row is None:
+            return ui.render(request, "error.html", {"title": "Not found",
+                             "message": f"No message {message_id}."}, status=404, session=s)
+        if len(reason) < MIN_REASON_CHARS:
+            return redirect(f"/ui/messages/{message_id}?done=glass-refused")
+        glass.open(s.username, message_id)
+        await asyncio.to_thread(auth_adapter.audit_many, engine, s,
+                                [row["patient_key"]] if row["patient_key"] else [],
+                                "ui.break_glass", remote_of(request),
+                                {"message_id": message_id, "reason": reason})
+        log.warning("operator broke the glass on a withheld message",
+                    extra={"message_id": message_id, "user": s.username})
+        return redirect(f"/ui/messages/{message_id}?done=glass-broken")
 
     @router.post("/ui/messages/{message_id}/reprocess")
     async def reprocess(request: Request, message_id: StoreId) -> Response:
