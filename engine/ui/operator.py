@@ -149,10 +149,6 @@ def build_router(ui: UI) -> APIRouter:
         if row is None:
             return ui.render(request, "error.html", {"title": "Not found",
                              "message": f"No message {message_id}."}, status=404, session=s)
-        await asyncio.to_thread(auth_adapter.audit_many, engine, s,
-                                [row["patient_key"]] if row["patient_key"] else [],
-                                "ui.message", remote_of(request),
-                                {"message_id": message_id})
         raw = msgs.message_text(row)
         is_xml = row.get("message_type") == "CDA" or row.get("charset") == "xml"
         tree, tree_error = ([], "a CDA document: shown as received") if is_xml else \
@@ -164,6 +160,11 @@ def build_router(ui: UI) -> APIRouter:
         if withheld and not glass_open:
             view = redacted_view(withheld)
             raw, tree, tree_error = view["raw"], view["tree"], view["tree_error"]
+        await asyncio.to_thread(auth_adapter.audit_many, engine, s,
+                                [row["patient_key"]] if row["patient_key"] else [],
+                                "ui.message", remote_of(request),
+                                {"message_id": message_id, "withheld": withheld,
+                                 "content_shown": not withheld or glass_open})
         deliveries = await asyncio.to_thread(msgs.deliveries_of, engine.store, message_id)
         return ui.render(request, "message.html", {
             "m": row, "raw": raw, "ack": msgs.message_text(row, "ack"),
