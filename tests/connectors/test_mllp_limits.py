@@ -18,6 +18,12 @@ from tests.connectors.test_mllp_server import ack, open_raw, read_frames, servin
 MSH = b"MSH|^~\\&|LAB|X|P|Y|20260101||ORU^R01|C1|P|2.5\r"
 
 
+async def until(check: Any, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.02)
+
+
 async def closed_by_server(reader: asyncio.StreamReader, timeout: float = 5.0) -> bytes:
     """Everything the server sends until it closes the connection."""
     async with asyncio.timeout(timeout):
@@ -126,13 +132,13 @@ async def test_over_the_budget_a_frame_is_cut_to_its_head_and_answered() -> None
         a_reader, a = await open_raw(server)
         a.write(b"\x0b" + MSH + b"x" * 900_000)  # within budget, unfinished
         await a.drain()
-        await asyncio.sleep(0.2)
-        assert 900_000 <= shared.pending <= 1024 * 1024
+        await until(lambda: shared.pending >= 900_000)
+        assert shared.pending <= 1024 * 1024
         b_reader, b = await open_raw(server)
         b.write(b"\x0b" + MSH + b"y" * 800_000)  # would go over: cut
         await b.drain()
-        await asyncio.sleep(0.2)
-        assert shared.pending <= 1024 * 1024
+        await until(lambda: server.stats.bytes_received >= 1_700_000 + 2 * len(MSH))
+        assert shared.pending <= 1024 * 1024 and shared.frames_cut == 1
         b.write(b"\x1c\r")
         assert b"MSA|AR" in (await read_frames(b_reader, 1))[0]
         assert cuts.seen[0][0] == "over_budget" and cuts.seen[0][1] == len(MSH) + 800_000
@@ -140,8 +146,8 @@ async def test_over_the_budget_a_frame_is_cut_to_its_head_and_answered() -> None
         a.write(b"\x1c\r")  # the first frame ends whole: it was never over the budget
         assert len(await read_frames(a_reader, 1)) == 1
         assert len(cuts.seen) == 1
-        await asyncio.sleep(0.1)
-        assert shared.pending == 0 and shared.frames_cut == 1
+        await until(lambda: shared.pending == 0)
+        assert shared.frames_cut == 1
         a.close()
         b.close()
 
@@ -153,7 +159,7 @@ async def test_a_connection_whose_head_does_not_fit_is_answered_and_closed() -> 
         _, a = await open_raw(server)
         a.write(b"\x0b" + MSH + b"x" * (1024 * 1024 - 200))  # the whole budget
         await a.drain()
-        await asyncio.sleep(0.2)
+        await until(lambda: shared.pending >= 1024 * 1024 - 200)
         b_reader, b = await open_raw(server)
         b.write(b"\x0b" + MSH + b"y" * 100_000)
         data = await closed_by_server(b_reader)
@@ -213,7 +219,7 @@ async def test_a_refused_flood_logs_a_line_per_second_not_per_connection(
             await asyncio.gather(*(closed_by_server(r) for r, _ in refused))
         lines = [r for r in caplog.records if "connection refused" in r.getMessage()]
         assert server.stats.connections_refused == 200
-        assert 1 <= len(lines) <= 5
+        assert 1 <= len(lines) <= 20  # one a second, not one per connection
         for _, w in refused:
             w.close()
         keep.close()
