@@ -6,6 +6,7 @@ import logging
 import ssl
 from dataclasses import dataclass
 
+from connectors.mllp.limits import ListenerLimits, SharedLimits
 from connectors.mllp.server import MLLPServer, Peer
 from connectors.mllp.tls import server_ssl_context
 
@@ -25,11 +26,13 @@ class MLLPSettings:
     tls_ca: str | None = None
     require_client_cert: bool = False
     allowed_subjects: tuple[str, ...] = ()
+    limits: ListenerLimits = ListenerLimits()
 
 
 class MLLPChannel:
     def __init__(
-        self, name: str, settings: MLLPSettings, receive: Receive, receive_cut: ReceiveCut
+        self, name: str, settings: MLLPSettings, receive: Receive, receive_cut: ReceiveCut,
+        shared: SharedLimits | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -52,15 +55,17 @@ class MLLPChannel:
             allowed_subjects=list(settings.allowed_subjects) or None,
             max_frame_bytes=settings.max_frame_bytes,
             idle_timeout=settings.idle_timeout,
-            on_oversized=self._handle_cut,
+            on_cut=self._handle_cut,
             name=name,
+            limits=settings.limits,
+            shared=shared,
         )
 
     def _handle(self, payload: bytes, peer: Peer):  # type: ignore[no-untyped-def]
         return self._receive(payload, peer.address)
 
-    def _handle_cut(self, head: bytes, size: int, peer: Peer):  # type: ignore[no-untyped-def]
-        reason = "oversized" if size > self.settings.max_frame_bytes else "truncated"
+    def _handle_cut(self, head: bytes, size: int, reason: str, peer: Peer
+                    ):  # type: ignore[no-untyped-def]
         return self._receive_cut(head, size, reason, peer.address)
 
     @property

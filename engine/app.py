@@ -15,6 +15,7 @@ from typing import Any
 from channels.folder import FileOutcome, FolderChannel, FolderSettings
 from channels.mllp import MLLPChannel, MLLPSettings
 from channels.outbound import Destination, build_destination
+from connectors.mllp.limits import ListenerLimits, SharedLimits
 from monitoring.metrics import Metrics, Ownership, Snapshot
 
 from .bus import Bus
@@ -48,6 +49,8 @@ def policy_for(ch: ChannelConfig) -> IntakePolicy:
         require_segments=ch.accept.require_segments,
         application=ch.application,
         on_reused_control_id=ch.on_reused_control_id,
+        max_stored_bytes=ch.max_stored_bytes,
+        daily_volume_alarm_bytes=ch.daily_volume_alarm_bytes,
     )
 
 
@@ -69,6 +72,9 @@ class Engine:
         self.intake = Intake(self.committer)
         self.file_intake = FileIntake(self.store, self.intake)
         self.channels: dict[str, MLLPChannel | FolderChannel] = {}
+        # Issue #17: one budget of connections and unfinished-frame bytes for all listeners.
+        self.shared_limits = SharedLimits()
+        self._open_file_limit: int | None = None
         self.policies: dict[str, IntakePolicy] = {}
         base = Path(config.file).resolve().parent
         self.registry = Registry(config.transformer_paths, base=base)
@@ -207,6 +213,11 @@ class Engine:
             await self.leases.start()
             self._tasks.append(asyncio.create_task(self._route_forever(), name="router"))
             self._tasks.append(asyncio.create_task(self._sweep_forever(), name="sweeper"))
+        if not self.is_worker:
+            from .open_files import raise_soft_limit
+
+            self._open_file_limit = raise_soft_limit()
+            self._apply_limits(self.config)
         for ch in self.config.channels.values():
             if ch.enabled and not self.is_worker:
                 await self._start_channel(ch)
@@ -215,6 +226,14 @@ class Engine:
         self.started = True
         log.info("engine started", extra={"channels": len(self.channels),
                                           "store": self.store.dialect})
+
+    def _apply_limits(self, config: Config) -> None:
+        from .open_files import connection_ceiling
+
+        limits = config.limits
+        self.shared_limits.max_connections = connection_ceiling(
+            limits.max_connections, self._open_file_limit, limits.fd_headroom)
+        self.shared_limits.pending_frame_bytes = limits.pending_frame_bytes
 
     async def _start_channel(self, ch: ChannelConfig) -> None:
         policy = policy_for(ch)
@@ -230,11 +249,14 @@ class Engine:
                     tls_ca=tls.ca if tls else None,
                     require_client_cert=tls.require_client_cert if tls else False,
                     allowed_subjects=tls.allowed_subjects if tls else (),
+                    limits=ListenerLimits(ch.max_connections, ch.max_connections_per_peer,
+                                          ch.frame_timeout),
                 ),
                 receive=lambda raw, remote, p=policy: self.intake.receive(raw, p, remote),
                 receive_cut=lambda head, size, reason, remote, p=policy, c=ch: (
                     self.intake.receive_oversized(head, size, c.max_frame_bytes, p, remote, reason)
                 ),
+                shared=self.shared_limits,
             )
         else:
             path = Path(ch.path)
@@ -540,6 +562,7 @@ class Engine:
             self._use_destinations(config, new_dests)
         self.router.use(routes)
         self.config = config
+        self._apply_limits(config)
         if self.worker is not None:
             self.worker.reload()  # the worker reads the same file again for its routes
         for d in retired:
@@ -612,6 +635,7 @@ class Engine:
                 "control_id_reuses": st.reuses, "control_id_reuses_refused": st.reuses_refused,
                 "parse_errors": st.parse_errors, "store_errors": st.store_errors,
                 "connections_open": 0,
+                "volume_alarms": self.intake.volume_alarms(name),
             }
             if isinstance(rt, MLLPChannel):
                 row["connections_open"] = rt.server.stats.connections_open

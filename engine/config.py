@@ -78,6 +78,21 @@ class ChannelConfig:
     archive: str | None = None
     error: str | None = None
     on_reused_control_id: str = "process"  # "process" | "refuse" (issue #15)
+    # Issue #17: bounds a hostile or broken peer cannot cross (docs/mllp.md, "Limits").
+    max_connections: int | None = 1024
+    max_connections_per_peer: int | None = 256
+    frame_timeout: float | None = 120.0
+    max_stored_bytes: int = 1024 * 1024  # of a refused message or file: its head is kept
+    daily_volume_alarm_bytes: int | None = None  # per sender (MSH-3/MSH-4 or file), per day
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Process-wide bounds (routes.yaml `limits`), shared by every MLLP channel."""
+
+    max_connections: int = 4096
+    pending_frame_bytes: int = 64 * 1024 * 1024
+    fd_headroom: int = 256
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,7 @@ class Config:
     # Built-in transformers' settings from `transformer_options`, already validated:
     # {"crbio": CrBioSettings}. Installed by the router (apply_transformer_settings).
     transformer_settings: Mapping[str, Any] = field(default_factory=dict)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 def interpolate(value: str, env: Mapping[str, str]) -> str:
@@ -284,6 +300,7 @@ def load_text(
         evaluation=data.get("evaluation", "all"),
         transformer_paths=tuple(data.get("transformer_paths", [])), text=text,
         transformer_settings=transformer_settings,
+        limits=LimitsConfig(**(data.get("limits") or {})),
     )
 
 
@@ -465,7 +482,8 @@ def _channel(name: str, c: Mapping[str, Any]) -> ChannelConfig:
     kw: dict[str, Any] = {k: c[k] for k in (
         "host", "port", "charset", "max_frame_bytes", "idle_timeout", "application", "path",
         "poll_interval", "settle_seconds", "archive", "error", "enabled",
-        "on_reused_control_id",
+        "on_reused_control_id", "max_connections", "max_connections_per_peer",
+        "frame_timeout", "max_stored_bytes", "daily_volume_alarm_bytes",
     ) if k in c}
     if c.get("default_charset"):
         kw["default_charset"] = c["default_charset"]

@@ -11,13 +11,14 @@ import logging
 from datetime import UTC, datetime
 
 from channels.folder import FileOutcome
+from safexml import UnsafeXML, parse
 from transformers.cda.header import NotCDA, read_header
-from transformers.cda.safe_xml import UnsafeXML, parse
 from transformers.hl7.batch import split_messages
 
 from .intake import Intake, IntakePolicy
 from .models import MessageStatus
 from .store import Arrival, ReusePolicy, Store, dedup_key
+from .stored_bytes import keep_head
 
 log = logging.getLogger("parcours.file_intake")
 
@@ -44,6 +45,10 @@ class FileIntake:
         else:
             arrivals, reason = self._hl7(policy, data)
         status = "error" if reason else "archived"
+        for a in arrivals:  # issue #17: a refused file keeps its head, not all of it
+            keep_head(a, policy.max_stored_bytes)
+        if policy.daily_volume_alarm_bytes is not None:
+            self.intake.volume_of(policy).add(f"folder {policy.channel}", len(data))
         _, saved = self.store.save_file(
             channel=policy.channel, name=name, sha256=sha256, size=len(data), status=status,
             reason=reason, arrivals=arrivals,

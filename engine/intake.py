@@ -31,6 +31,7 @@ from transformers.hl7.triggers import trigger_problem
 from .group_commit import GroupCommitter
 from .models import MessageStatus
 from .store import Arrival, ReusePolicy, Saved, dedup_key
+from .stored_bytes import SenderVolume, keep_head
 
 log = logging.getLogger("parcours.intake")
 
@@ -51,6 +52,10 @@ class IntakePolicy:
     # New content under a seen control id: "process" (a new message, flagged) or "refuse"
     # (AR/CR with ERR 205). An identical resend always gets the original ACK back.
     on_reused_control_id: str = ReusePolicy.PROCESS
+    # Issue #17: bytes kept of a message that is not accepted (engine/stored_bytes.py), and
+    # the per-sender daily volume that logs one warning (None: no alarm).
+    max_stored_bytes: int = 1024 * 1024
+    daily_volume_alarm_bytes: int | None = None
 
 
 @dataclass
@@ -126,6 +131,7 @@ def _should_send(enhanced: bool, accept_ack_type: str, code: str) -> bool:
 class Intake:
     def __init__(self, committer: GroupCommitter) -> None:
         self.committer = committer
+        self._volumes: dict[str, SenderVolume] = {}
         self.stats: dict[str, IntakeStats] = {}
         self.on_ack: Callable[[str, str | None, float], None] | None = None  # channel, code, s
 
@@ -179,6 +185,7 @@ class Intake:
             arrival = self._arrival(raw, policy, remote, header, codec, text)
             arrival.status = MessageStatus.REJECTED
             arrival.error = "unsolicited acknowledgement received on an inbound channel"
+            keep_head(arrival, policy.max_stored_bytes)
             return Decision(arrival, header, codec, False, enhanced)
 
         problems: list[tuple[str, AckError]] = []
@@ -250,6 +257,8 @@ class Intake:
         )
         arrival.ack_code = code
         arrival.ack = ack if send else None
+        if arrival.status != MessageStatus.ACCEPTED:
+            keep_head(arrival, policy.max_stored_bytes)
         return Decision(arrival, header, codec, send, enhanced)
 
     @staticmethod
@@ -315,6 +324,7 @@ class Intake:
         )
         arrival.ack_code = code
         arrival.ack = ack if send else None
+        keep_head(arrival, policy.max_stored_bytes)
         return Decision(arrival, header, codec, send, header.enhanced_mode)
 
     # -- the pipeline ---------------------------------------------------------------------
@@ -326,9 +336,25 @@ class Intake:
         once the group commit settled this arrival."""
         started = time.perf_counter()
         decision = self.decide(raw, policy, remote)
+        if policy.daily_volume_alarm_bytes is not None:
+            self.volume_of(policy).add(sender_of(decision.arrival), len(raw))
         return self.committer.submit(
             decision.arrival, partial(self._answer, decision, policy, started)
         )
+
+    def volume_of(self, policy: IntakePolicy) -> SenderVolume:
+        """The channel's daily volume per sender (only for channels with an alarm)."""
+        volumes = self._volumes
+        vol = volumes.get(policy.channel)
+        if vol is None or vol.alarm_bytes != policy.daily_volume_alarm_bytes:
+            assert policy.daily_volume_alarm_bytes is not None
+            vol = volumes[policy.channel] = SenderVolume(policy.channel,
+                                                         policy.daily_volume_alarm_bytes)
+        return vol
+
+    def volume_alarms(self, channel: str) -> int:
+        vol = self._volumes.get(channel)
+        return vol.alarms if vol is not None else 0
 
     def receive_oversized(
         self, head: bytes, size: int, limit: int, policy: IntakePolicy, remote: str | None,
@@ -340,11 +366,15 @@ class Intake:
             header = read_header(head)
         except HeaderError:
             header = Header()
-        what = (
-            f"frame of {size} bytes exceeds the channel limit of {limit} bytes"
-            if reason == "oversized"
-            else f"frame cut short after {size} bytes (a new start block arrived before its end)"
-        )
+        what = {
+            "oversized": f"frame of {size} bytes exceeds the channel limit of {limit} bytes",
+            "idle_timeout": f"frame cut short after {size} bytes (the connection fell silent)",
+            "frame_timeout": f"frame not complete within the channel's frame_timeout "
+                             f"({size} bytes received); the connection is closed",
+            "over_budget": f"frame of {size} bytes refused: the engine's budget for "
+                           "unfinished frames is spent (resend later)",
+        }.get(reason, f"frame cut short after {size} bytes (a new start block or the end of "
+                      "the stream arrived before its end)")
         decision = self._refuse(
             head, policy, remote, header, "latin-1",
             "CR" if header.enhanced_mode else "AR", AckError.at(207, what, "MSH"),
@@ -416,3 +446,9 @@ def _segment_at(raw: bytes, offset: int) -> str:
     start = max(raw.rfind(b"\r", 0, offset), raw.rfind(b"\n", 0, offset)) + 1
     name = raw[start : start + 3].decode("latin-1", "replace")
     return name if name.isalnum() else "MSH"
+
+
+def sender_of(arrival: Arrival) -> str:
+    """MSH-3^MSH-4 as the daily volume alarm counts senders (the peer when unreadable)."""
+    app, fac = arrival.sending_application or "", arrival.sending_facility or ""
+    return f"{app}^{fac}" if app or fac else f"peer {arrival.remote or '?'}"

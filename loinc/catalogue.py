@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import csv
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from safexml import parse_shipped
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SUBSET_CSV = DATA_DIR / "loinc_subset.csv"
@@ -131,7 +132,7 @@ def _french_names(ans_dir: Path) -> dict[str, str]:
     if not ans_dir.is_dir():
         return names
     for path in sorted(ans_dir.glob("*.xml")):
-        root = ET.parse(path).getroot()
+        root = parse_shipped(path)
         for concept in root.iter(f"{_SVS_NS}Concept"):
             code = concept.get("code", "")
             name = concept.get("displayName", "")

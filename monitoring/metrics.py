@@ -64,6 +64,10 @@ class _Collector:
                                      "new message and flagged, or refused (channel option "
                                      "on_reused_control_id). Never counted as duplicates.",
                                      labels=["channel", "outcome"])
+        alarms = CounterMetricFamily("parcours_sender_volume_alarms",
+                                     "Senders that passed the channel's daily volume alarm "
+                                     "(daily_volume_alarm_bytes), once per sender and day.",
+                                     labels=["channel"])
         conns = GaugeMetricFamily("parcours_channel_open_connections",
                                   "Open MLLP connections, per channel.", labels=["channel"])
         up = GaugeMetricFamily("parcours_channel_up",
@@ -77,10 +81,11 @@ class _Collector:
             reuses.add_metric([name, "processed"], c.get("control_id_reuses", 0))
             reuses.add_metric([name, "refused"], c.get("control_id_reuses_refused", 0))
             conns.add_metric([name], c.get("connections_open", 0))
+            alarms.add_metric([name], c.get("volume_alarms", 0))
             up.add_metric([name, c.get("type", "")], 1 if c.get("up") else 0)
             for code, n in c.get("acks", {}).items():
                 acks.add_metric([name, code], n)
-        yield from (received, rbytes, acks, parse, dups, reuses, conns, up)
+        yield from (received, rbytes, acks, parse, dups, reuses, conns, up, alarms)
 
         delivered = CounterMetricFamily("parcours_destination_delivered",
                                         "Deliveries that succeeded.", labels=["destination"])

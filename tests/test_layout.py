@@ -36,3 +36,40 @@ def test_connectors_do_not_import_transformers_or_channels() -> None:
             if mod.split(".")[0] in ("transformers", "channels"):
                 offenders.append(f"{path.relative_to(ROOT)} imports {mod}")
     assert offenders == []
+
+
+# lxml / ElementTree entry points that parse: only safexml/ may call them (issue #17).
+_XML_PARSE_CALLS = {"fromstring", "parse", "XMLParser", "XML", "iterparse", "XMLPullParser",
+                    "fromstringlist", "XMLID", "HTMLParser"}
+
+
+def xml_parse_calls(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr in _XML_PARSE_CALLS
+                and isinstance(node.value, ast.Name) and node.value.id in ("etree", "ET")):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno} etree.{node.attr}")
+        if isinstance(node, ast.ImportFrom) and node.module in (
+                "xml.etree.ElementTree", "xml.dom.minidom", "xml.sax", "defusedxml"):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}")
+        if isinstance(node, ast.Import) and any(
+                a.name.startswith(("xml.etree", "xml.dom", "xml.sax")) for a in node.names):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno} imports xml.*")
+    return found
+
+
+def test_every_xml_parse_goes_through_safexml() -> None:
+    offenders = []
+    for package in ("engine", "channels", "connectors", "transformers", "loinc", "mappings",
+                    "monitoring"):
+        for path in (ROOT / package).rglob("*.py"):
+            offenders += xml_parse_calls(path)
+    assert offenders == []
+
+
+def test_safexml_imports_no_project_package() -> None:
+    offenders = [f"{p.relative_to(ROOT)} imports {m}" for p in (ROOT / "safexml").rglob("*.py")
+                 for m in imported_modules(p) if m.split(".")[0] in (
+                     "engine", "channels", "connectors", "transformers")]
+    assert offenders == []

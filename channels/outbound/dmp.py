@@ -42,8 +42,8 @@ from connectors.dmp.metadata import (
     document_entry,
     submission_set,
 )
+from safexml import UnsafeXML, parse
 from transformers.cda.embedded import EmbeddedDocument, NoEmbeddedDocument, document_from_hl7
-from transformers.cda.safe_xml import UnsafeXML, parse
 from transformers.cda.validate import validate_cda
 from transformers.cda.versioning import NotVersionable, renumber, set_id
 

@@ -19,8 +19,10 @@ from email.parser import BytesHeaderParser
 
 from lxml import etree
 
+from safexml import copy as safe_copy
+from safexml import parse as safe_parse
+
 from .metadata import LCM, RIM, RS, XDSB
-from .safe_xml import parse as safe_parse
 
 SOAP = "http://www.w3.org/2003/05/soap-envelope"
 WSA = "http://www.w3.org/2005/08/addressing"
@@ -184,7 +186,7 @@ def _parse(data: bytes) -> etree._Element:
 def inline_attachments(body: etree._Element, attachments: dict[str, bytes]) -> etree._Element:
     """A copy where each xop:Include is replaced by the base64 of its attachment: the form the
     XDS.b schema validates (xs:base64Binary)."""
-    copy = etree.fromstring(etree.tostring(body))
+    copy = safe_copy(body)
     for inc in copy.iter(f"{{{XOP}}}Include"):
         cid = (inc.get("href") or "").removeprefix("cid:")
         from urllib.parse import unquote

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from lxml import etree
 
+from safexml import copy, parse_shipped
+
 DATA = Path(__file__).resolve().parent / "data"
 XDS_SCHEMA = DATA / "xds" / "XDS.b_DocumentRepository.xsd"
 
@@ -165,7 +167,7 @@ class SubmissionSet:
 @lru_cache(maxsize=16)
 def value_set(name: str) -> dict[tuple[str, str], str]:
     """(code, codeSystem) → displayName of a copied CI-SIS value set (IHE SVS XML)."""
-    root = etree.parse(str(DATA / "jdv" / f"{name}.xml")).getroot()
+    root = parse_shipped(DATA / "jdv" / f"{name}.xml")
     return {(c.get("code", ""), c.get("codeSystem", "")): c.get("displayName", "")
             for c in root.iter("{urn:ihe:iti:svs:2008}Concept")}
 
@@ -566,14 +568,13 @@ def update_status_request(sset: SubmissionSet, target_entry_uuid: str,
 
 @lru_cache(maxsize=1)
 def xds_schema() -> etree.XMLSchema:
-    parser = etree.XMLParser(no_network=True, resolve_entities=False)
-    return etree.XMLSchema(etree.parse(str(XDS_SCHEMA), parser))
+    return etree.XMLSchema(parse_shipped(XDS_SCHEMA).getroottree())
 
 
 def schema_errors(element: etree._Element) -> list[str]:
     """Errors of an ebRS/XDS.b element against the copied schemas ([] when valid)."""
     schema = xds_schema()
-    doc = etree.fromstring(etree.tostring(element))  # validate a standalone copy
+    doc = copy(element)  # validate a standalone copy
     if schema.validate(doc):
         return []
     return [f"line {e.line}: {e.message}" for e in schema.error_log]

@@ -29,6 +29,8 @@ from lxml import etree
 from signxml import SignatureConfiguration, XMLSigner, XMLVerifier
 from signxml.algorithms import CanonicalizationMethod, DigestAlgorithm, SignatureMethod
 
+from safexml import copy
+
 SAML = "urn:oasis:names:tc:SAML:2.0:assertion"
 DS = "http://www.w3.org/2000/09/xmldsig#"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -188,7 +190,7 @@ class InvalidAssertion(ValueError):
 def verify_assertion(assertion: etree._Element, cert_pem: bytes) -> dict[str, list[str]]:
     """Check the signature against the expected certificate and the validity window; returns
     the attributes. Raises InvalidAssertion with a reason a DMP operator would understand."""
-    standalone = etree.fromstring(etree.tostring(assertion))
+    standalone = copy(assertion)
     try:
         XMLVerifier().verify(
             standalone, x509_cert=cert_pem.decode("ascii"),

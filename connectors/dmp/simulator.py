@@ -37,6 +37,8 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from lxml import etree
 
+from safexml import copy, parse
+
 from . import iti41
 from .entries import codes, external_id, read_document_entry, slot_value
 from .iti41 import RegistryError, SoapError
@@ -316,7 +318,7 @@ class Simulator:
             raise Reject("XDSRepositoryMetadataError", "hash différent du document reçu", eid)
         if slot("size") and slot("size") != str(len(content)):
             raise Reject("XDSRepositoryMetadataError", "size différente du document reçu", eid)
-        stored = etree.fromstring(etree.tostring(eo))
+        stored = copy(eo)
         stored.set("status", APPROVED)
         _set_slot(stored, "repositoryUniqueId", REPOSITORY_ID)
         _set_slot(stored, "hash", hashlib.sha1(content).hexdigest())
@@ -349,7 +351,7 @@ class Simulator:
             return self._failure(msg, [r.error])
         entries = []
         for d in found:
-            entry = read_document_entry(etree.fromstring(d.metadata))
+            entry = read_document_entry(parse(d.metadata))
             entry.status = d.status
             entries.append(entry)
         return self._reply(msg, adhoc_query_response(entries, q.return_type))
@@ -370,7 +372,7 @@ class Simulator:
         for d in self.state.documents.values():
             if d.patient_id != pid or d.status not in statuses:
                 continue
-            entry = read_document_entry(etree.fromstring(d.metadata))
+            entry = read_document_entry(parse(d.metadata))
             if all(_entry_codes(entry, name) & values for name, values in wanted.items()) \
                     and _in_times(entry, q):
                 out.append(d)
@@ -400,7 +402,7 @@ class Simulator:
                                                 location=req.unique_id))
                     continue
                 self._check_vihf(msg, docs[0].patient_id)
-                mime = read_document_entry(etree.fromstring(docs[0].metadata)).mime_type
+                mime = read_document_entry(parse(docs[0].metadata)).mime_type
                 found.append(RetrievedDocument(REPOSITORY_ID, req.unique_id,
                                                mime or "text/xml", docs[0].content))
         except Reject as r:

@@ -65,11 +65,14 @@ class Oversized:
     """A frame that ended normally but was larger than the limit.
 
     ``size`` is the full payload size; ``head`` its first bytes (at most ``HEAD_BYTES`` and
-    at most the limit). The rest was discarded as it arrived.
+    at most the limit). The rest was discarded as it arrived. ``cut``: the frame was within
+    the limit but the listener had it cut to its head (``FrameDecoder.cut``: the process's
+    budget for unfinished frames was spent).
     """
 
     size: int
     head: bytes
+    cut: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +96,7 @@ class FrameDecoder:
     ``bytes.find`` so the cost is in C, not in a per-byte Python loop.
     """
 
-    __slots__ = ("_max", "_head_limit", "_buf", "_size", "_in_frame", "_overflow")
+    __slots__ = ("_max", "_head_limit", "_buf", "_size", "_in_frame", "_overflow", "_cut")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         if max_frame_bytes < 1:
@@ -104,6 +107,7 @@ class FrameDecoder:
         self._size = 0  # payload bytes of the current frame, including discarded ones
         self._in_frame = False
         self._overflow = False
+        self._cut = False
 
     @property
     def max_frame_bytes(self) -> int:
@@ -116,6 +120,15 @@ class FrameDecoder:
     def in_frame(self) -> bool:
         """Whether a start block was seen and its end block is still awaited."""
         return self._in_frame
+
+    def cut(self) -> None:
+        """Keep only the head of the frame in progress and drop the rest as it arrives, as
+        for an oversized frame; it ends as ``Oversized(cut=True)`` (or ``Truncated``)."""
+        if not self._in_frame:
+            return
+        self._cut = True
+        self._overflow = True
+        del self._buf[self._head_limit :]
 
     def feed(self, data: bytes) -> list[FrameEvent]:
         if not isinstance(data, bytes):
@@ -196,13 +209,14 @@ class FrameDecoder:
         if truncated:
             event = Truncated(self._size, bytes(self._buf[: self._head_limit]))
         elif self._overflow:
-            event = Oversized(self._size, bytes(self._buf))
+            event = Oversized(self._size, bytes(self._buf), self._cut and self._size <= self._max)
         else:
             event = Frame(bytes(self._buf))
         self._buf = bytearray()
         self._size = 0
         self._in_frame = False
         self._overflow = False
+        self._cut = False
         return event
 
 

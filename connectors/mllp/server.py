@@ -41,6 +41,7 @@ from connectors.mllp.framing import (
     frame,
 )
 from connectors.mllp.keepalive import enable_keepalive
+from connectors.mllp.limits import ListenerLimits, LogOncePerSecond, SharedLimits
 from connectors.mllp.tls import peer_subject, subject_allowed
 
 log = logging.getLogger("parcours.mllp")
@@ -66,6 +67,11 @@ class Peer:
 
 Handler: TypeAlias = Callable[[bytes, Peer], Awaitable[bytes | None]]
 OversizedHandler: TypeAlias = Callable[[bytes, int, Peer], Awaitable[bytes | None]]
+#: ``on_cut(head, size, reason, peer)``: a frame that was not kept whole, with why:
+#: "oversized", "truncated" (a new start block came first, or end of stream), "idle_timeout",
+#: "frame_timeout" (not complete within the frame timeout), "over_budget" (the process's
+#: budget for unfinished frames was spent).
+CutHandler: TypeAlias = Callable[[bytes, int, str, Peer], Awaitable[bytes | None]]
 ConnectionCallback: TypeAlias = Callable[[bool, Peer], None]
 
 
@@ -85,6 +91,9 @@ class ServerStats:
     tls_handshake_failed: int = 0  # no, invalid or untrusted certificate, or not TLS at all
     handler_errors: int = 0
     peak_pending_bytes: int = 0  # largest partial frame held by one connection's decoder
+    connections_refused: int = 0  # over max_connections (listener, process) or per peer
+    frame_timeouts: int = 0  # frames not complete within frame_timeout
+    frames_cut: int = 0  # frames cut to their head: the unfinished-frame budget was spent
 
 
 class MLLPServer:
@@ -105,6 +114,9 @@ class MLLPServer:
         on_oversized: OversizedHandler | None = None,
         on_connection: ConnectionCallback | None = None,
         name: str = "mllp",
+        limits: ListenerLimits | None = None,
+        shared: SharedLimits | None = None,
+        on_cut: CutHandler | None = None,
     ) -> None:
         if allowed_subjects is not None and ssl_context is None:
             raise ValueError("allowed_subjects needs an ssl_context that verifies clients")
@@ -122,6 +134,11 @@ class MLLPServer:
         self.on_oversized = on_oversized
         self.on_connection = on_connection
         self.name = name
+        self.limits = limits if limits is not None else ListenerLimits()
+        self.shared = shared
+        self.on_cut = on_cut
+        self.refusals = LogOncePerSecond(log)
+        self._per_peer: dict[str, int] = {}
         self.stats = ServerStats()
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
@@ -147,6 +164,7 @@ class MLLPServer:
         # create_server(ssl=...): that way a failed handshake is counted and logged with the
         # peer address instead of disappearing into asyncio's debug log.
         loop = asyncio.get_running_loop()
+        install_accept_error_handler(loop)
         self._server = await loop.create_server(
             self._accept, self.host, self._port, backlog=1024
         )
@@ -205,6 +223,19 @@ class MLLPServer:
                 return True
         return False
 
+    def _refusal(self, host: str) -> str | None:
+        """Why a new connection from `host` is refused, or None to take it."""
+        limits = self.limits
+        if limits.max_connections is not None and len(self._connections) >= (
+                limits.max_connections):
+            return "max_connections"
+        per_peer = limits.max_connections_per_peer
+        if per_peer is not None and self._per_peer.get(host, 0) >= per_peer:
+            return "max_connections_per_peer"
+        if self.shared is not None and not self.shared.take_connection():
+            return "max_connections_total"
+        return None
+
     def _notify(self, opened: bool, peer: Peer) -> None:
         if self.on_connection is None:
             return
@@ -262,6 +293,10 @@ class _Connection(asyncio.Protocol):
         self._idle_timer: asyncio.TimerHandle | None = None
         self._handshake: asyncio.Task[None] | None = None
         self._early: list[bytes] = []  # data received before the connection was admitted
+        self._counted = False  # holds a place in the listener's, the peer's, the process's
+        self._reserved = 0  # bytes of the shared unfinished-frame budget this one holds
+        self._frame_since: float | None = None  # when the frame in progress started
+        self._frame_timer: asyncio.TimerHandle | None = None
 
     def _extra(self, **fields: Any) -> dict[str, Any]:
         return {
@@ -279,6 +314,23 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         peername = transport.get_extra_info("peername") or ("?", 0)
         self.peer = Peer(str(peername[0]), int(peername[1]), None, self.connection_id)
+        refused = None if server._closing else server._refusal(self.peer.host)
+        if refused is not None:
+            # Closed before it costs anything but the accept: no timers, no decoder use,
+            # one log line a second per reason whatever the flood (never the peer's data).
+            self._finished = True
+            server.stats.connections_refused += 1
+            if server.shared is not None:
+                server.shared.refused[refused] += 1
+            server.refusals.warning(
+                refused, "connection refused: %s", refused,
+                extra={"channel": server.name, "peer": self.peer.host,
+                       "open": len(server._connections)})
+            transport.abort()
+            self.closed.set_result(None)
+            return
+        self._counted = True
+        server._per_peer[self.peer.host] = server._per_peer.get(self.peer.host, 0) + 1
         server._connections.add(self)
         server.stats.connections_total += 1
         server.stats.connections_open += 1
@@ -321,6 +373,9 @@ class _Connection(asyncio.Protocol):
         self._read_done = True
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        if self._frame_timer is not None:
+            self._frame_timer.cancel()
+        self._release_reserved()
         if self._decoder.pending() and self._stopping:
             log.info(
                 "dropping a partial frame of %d bytes at shutdown",
@@ -332,6 +387,16 @@ class _Connection(asyncio.Protocol):
         server = self.server
         server._connections.discard(self)
         server.stats.connections_open -= 1
+        if self._counted:
+            self._counted = False
+            host = self.peer.host
+            left = server._per_peer.get(host, 1) - 1
+            if left > 0:
+                server._per_peer[host] = left
+            else:
+                server._per_peer.pop(host, None)
+            if server.shared is not None:
+                server.shared.release_connection()
         if self._admitted:
             log.info("connection closed", extra=self._extra())
             server._notify(False, self.peer)
@@ -434,6 +499,17 @@ class _Connection(asyncio.Protocol):
         pending = self._decoder.pending()
         if pending > stats.peak_pending_bytes:
             stats.peak_pending_bytes = pending
+        fits = True
+        if server.shared is not None and pending != self._reserved:
+            fits = self._account(pending)
+        if server.limits.frame_timeout is not None:
+            self._watch_frame(bool(events))
+        self._take(events)
+        if not fits:
+            self._input_ended("over_budget")
+
+    def _take(self, events: list[FrameEvent]) -> None:
+        server = self.server
         if self._backlog:
             self._backlog.extend(events)
             return
@@ -448,6 +524,70 @@ class _Connection(asyncio.Protocol):
             if not self._dispatch(event):
                 return
 
+    def _account(self, pending: int) -> bool:
+        """Keep this connection's share of the unfinished-frame budget equal to what its
+        decoder holds. Over budget, the frame is cut to its head; False when even the head
+        does not fit (the connection's input is then ended: the frame is answered as cut)."""
+        shared = self.server.shared
+        assert shared is not None
+        if pending <= self._reserved or shared.take_bytes(pending - self._reserved):
+            if pending < self._reserved:
+                shared.release_bytes(self._reserved - pending)
+            self._reserved = pending
+            return True
+        self._decoder.cut()
+        shared.frames_cut += 1
+        self.server.stats.frames_cut += 1
+        self.server.refusals.warning(
+            "over_budget", "unfinished frames hold %d bytes (budget %d): a frame is cut to "
+            "its head and will be answered AR", shared.pending, shared.pending_frame_bytes,
+            extra=self._extra())
+        pending = self._decoder.pending()
+        if pending <= self._reserved or shared.take_bytes(pending - self._reserved):
+            if pending < self._reserved:
+                shared.release_bytes(self._reserved - pending)
+            self._reserved = pending
+            return True
+        return False
+
+    def _release_reserved(self) -> None:
+        if self._reserved and self.server.shared is not None:
+            self.server.shared.release_bytes(self._reserved)
+        self._reserved = 0
+
+    def _watch_frame(self, ended_some: bool) -> None:
+        """Frame-progress timeout: a frame must end within frame_timeout of its start block,
+        however slowly its bytes keep coming (the idle timeout only counts silence)."""
+        if not self._decoder.in_frame():
+            self._frame_since = None
+            return
+        if ended_some or self._frame_since is None:
+            self._frame_since = self.loop.time()
+        if self._frame_timer is None:
+            timeout = self.server.limits.frame_timeout
+            assert timeout is not None
+            self._frame_timer = self.loop.call_at(self._frame_since + timeout,
+                                                  self._check_frame)
+
+    def _check_frame(self) -> None:
+        self._frame_timer = None
+        since = self._frame_since
+        timeout = self.server.limits.frame_timeout
+        if self._finished or self._eof or self._read_done or since is None or timeout is None:
+            return
+        now = self.loop.time()
+        if not self._reading:
+            # We stopped reading (backpressure): the sender is not the one holding it up.
+            self._frame_since = now
+        elif now >= since + timeout:
+            self.server.stats.frame_timeouts += 1
+            self.server.refusals.warning(
+                "frame_timeout", "frame not complete %.0f s after its start block: closing "
+                "the connection", timeout, extra=self._extra())
+            self._input_ended("frame_timeout")
+            return
+        self._frame_timer = self.loop.call_at(self._frame_since + timeout, self._check_frame)
+
     def eof_received(self) -> bool:
         if not self._admitted:
             return False
@@ -456,13 +596,16 @@ class _Connection(asyncio.Protocol):
         # its last message); _pump closes it once they are written. TLS cannot half-close.
         return self._handshake is None
 
-    def _input_ended(self) -> None:
-        """The peer finished sending (EOF or idle timeout): a frame left open is reported
-        as truncated, what is decoded is still dispatched, then the connection closes."""
+    def _input_ended(self, reason: str = "truncated") -> None:
+        """The peer finished sending (EOF), or we stop listening to it (idle or frame
+        timeout, memory budget): a frame left open is reported as cut with that reason,
+        what is decoded is still dispatched, then the connection closes."""
         if self._eof or self._read_done:
             return
         self._eof = True
-        self._backlog.extend(self._decoder.close())
+        self._backlog.extend(_Ended(e, reason) for e in self._decoder.close()
+                             if isinstance(e, Truncated))
+        self._release_reserved()
         if self.transport is not None and not self.transport.is_closing():
             self._pause_reading()
         self._pump()
@@ -476,24 +619,24 @@ class _Connection(asyncio.Protocol):
             return self._start(server.handler, event.payload, self.peer)
         if isinstance(event, Junk):
             stats.junk_bytes += event.size
-            log.warning(
-                "ignored %d bytes outside any MLLP frame", event.size, extra=self._extra()
-            )
+            server.refusals.warning(
+                "junk", "ignored %d bytes outside any MLLP frame", event.size,
+                extra=self._extra())
             return True
+        reason = "truncated"
+        if isinstance(event, _Ended):
+            event, reason = event.event, event.reason
         assert isinstance(event, Oversized | Truncated)
         if isinstance(event, Oversized):
+            reason = "over_budget" if event.cut else "oversized"
             stats.oversized_frames += 1
-            what = "oversized frame"
         else:
             stats.truncated_frames += 1
-            what = "truncated frame"
-        log.warning(
-            "%s: %d bytes (limit %d)",
-            what,
-            event.size,
-            server.max_frame_bytes,
-            extra=self._extra(size=event.size),
-        )
+        server.refusals.warning(
+            reason, "frame not kept whole (%s): %d bytes (limit %d)", reason, event.size,
+            server.max_frame_bytes, extra=self._extra(size=event.size))
+        if server.on_cut is not None:
+            return self._start(server.on_cut, event.head, event.size, reason, self.peer)
         if server.on_oversized is None:
             return True
         return self._start(server.on_oversized, event.head, event.size, self.peer)
@@ -560,7 +703,7 @@ class _Connection(asyncio.Protocol):
             self._last_activity = now
         elif now >= self._last_activity + idle and not (self._read_done or self._eof):
             log.info("idle timeout after %.1f s", idle, extra=self._extra())
-            self._input_ended()
+            self._input_ended("idle_timeout")
             return
         self._idle_timer = self.loop.call_at(self._last_activity + idle, self._check_idle)
 
@@ -667,8 +810,45 @@ class _Connection(asyncio.Protocol):
         self._in_flight = 0
 
 
+class _Ended:
+    """The frame left open when we stopped reading a connection, and why."""
+
+    __slots__ = ("event", "reason")
+
+    def __init__(self, event: Truncated, reason: str) -> None:
+        self.event = event
+        self.reason = reason
+
+
 # Events that become a handler call (and an owed reply); junk does not.
-_NEEDS_SLOT = (Frame, Oversized, Truncated)
+_NEEDS_SLOT = (Frame, Oversized, Truncated, _Ended)
+
+_ACCEPT_OUT_OF_RESOURCE = "socket.accept() out of system resource"
+
+
+def install_accept_error_handler(loop: asyncio.AbstractEventLoop) -> None:
+    """asyncio reports a failed accept (EMFILE, ENFILE, ENOBUFS, ENOMEM) to the loop's
+    exception handler with a traceback, and retries a second later — once per listening
+    socket. Under a flood that is a traceback storm; here it becomes one line a second,
+    without traceback, and every other report goes where it went before."""
+    if getattr(loop, "_parcours_accept_handler", False):
+        return
+    previous = loop.get_exception_handler()
+    reports = LogOncePerSecond(log)
+
+    def handler(lp: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if str(context.get("message", "")).startswith(_ACCEPT_OUT_OF_RESOURCE):
+            exc = context.get("exception")
+            reports.warning("accept_failed", "accept failed (%s): out of file descriptors or "
+                            "memory; asyncio retries in 1 s", getattr(exc, "strerror", exc))
+            return
+        if previous is not None:
+            previous(lp, context)
+        else:
+            lp.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    loop._parcours_accept_handler = True  # type: ignore[attr-defined]
 
 
 def _consume_result(future: asyncio.Future[Any]) -> None:

@@ -56,3 +56,7 @@ def include_api(app: FastAPI, engine: Any) -> None:
     router = router_for(engine)
     if router is not None:
         app.include_router(router)
+        from .audit import AuditedRequests
+
+        # Outermost, so a failure anywhere below (a handler, the UI, a serialiser) is seen.
+        app.add_middleware(AuditedRequests, db=engine.timeline.db)

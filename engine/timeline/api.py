@@ -15,8 +15,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 
+from ..store_ids import MAX_STORE_ID, Offset, StoreId
 from . import audit
-from .auth import Principal
+from .auth import Principal, Refusal
 from .service import Denied, Timeline
 
 EVENT_TYPES = ("stay", "movement", "result", "document", "order", "appointment")
@@ -35,11 +36,16 @@ def build_router(timeline: Timeline) -> APIRouter:
         if scheme.lower() != "bearer" or not credential.strip():
             raise HTTPException(401, "bearer token required",
                                 headers={"WWW-Authenticate": "Bearer"})
-        who = await asyncio.to_thread(timeline.auth.authenticate, credential.strip())
-        if who is None:
+        found = await asyncio.to_thread(timeline.auth.identify, credential.strip())
+        if isinstance(found, Refusal):
+            # Issue #17: a failed authentication is audited — who it claimed to be, from
+            # where, why refused — never the token.
+            await asyncio.to_thread(audit.record_refusal, timeline.db, found,
+                                    remote_of(request), request.url.path)
             raise HTTPException(401, "invalid, expired or revoked token",
                                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-        return who
+        audit.note_caller(found)
+        return found
 
     auth_dep = Depends(principal)
     forbidden = HTTPException(403, "not allowed to read this patient's record")
@@ -57,7 +63,7 @@ def build_router(timeline: Timeline) -> APIRouter:
         return {"patients": found}
 
     @router.get("/patients/{patient_id}")
-    async def patient(request: Request, patient_id: int, who: Principal = auth_dep
+    async def patient(request: Request, patient_id: StoreId, who: Principal = auth_dep
                       ) -> dict[str, Any]:
         try:
             return await asyncio.to_thread(timeline.read_patient, who, patient_id,
@@ -67,12 +73,12 @@ def build_router(timeline: Timeline) -> APIRouter:
 
     @router.get("/patients/{patient_id}/timeline")
     async def patient_timeline(
-        request: Request, patient_id: int,
+        request: Request, patient_id: StoreId,
         type: Annotated[list[str] | None, Query(description="event types")] = None,  # noqa: A002
         start: Annotated[datetime | None, Query(alias="from")] = None,
         end: Annotated[datetime | None, Query(alias="to")] = None,
         include_inactive: bool = False,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Offset = 0,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         who: Principal = auth_dep,
     ) -> dict[str, Any]:
@@ -91,7 +97,7 @@ def build_router(timeline: Timeline) -> APIRouter:
             raise forbidden from None
 
     @router.get("/patients/{patient_id}/observations")
-    async def series(request: Request, patient_id: int,
+    async def series(request: Request, patient_id: StoreId,
                      loinc: Annotated[str, Query(pattern=r"^\d{1,7}-\d$")],
                      who: Principal = auth_dep) -> dict[str, Any]:
         """One analyte across laboratories in its canonical unit, with provenance."""
@@ -102,7 +108,7 @@ def build_router(timeline: Timeline) -> APIRouter:
             raise forbidden from None
 
     @router.get("/documents/{document_id}")
-    async def document(request: Request, document_id: int, who: Principal = auth_dep
+    async def document(request: Request, document_id: StoreId, who: Principal = auth_dep
                        ) -> Response:
         """The original CDA document, byte for byte as received."""
         try:
@@ -132,7 +138,7 @@ def build_router(timeline: Timeline) -> APIRouter:
         return {"conflicts": rows}
 
     @router.post("/conflicts/{conflict_id}/resolve")
-    async def resolve_conflict(request: Request, conflict_id: int,
+    async def resolve_conflict(request: Request, conflict_id: StoreId,
                                body: Annotated[dict[str, Any], Body()],
                                who: Principal = auth_dep) -> dict[str, Any]:
         """`{"action": "apply" | "dismiss", "patient_id": N, "note": "…"}`: apply a held
@@ -142,8 +148,9 @@ def build_router(timeline: Timeline) -> APIRouter:
             raise HTTPException(403, "conflicts are for operators and admins")
         action = body.get("action")
         target = body.get("patient_id")
-        if target is not None and not isinstance(target, int):
-            raise HTTPException(422, "patient_id must be an integer")
+        if target is not None and (not isinstance(target, int) or isinstance(target, bool)
+                                   or not 1 <= target <= MAX_STORE_ID):
+            raise HTTPException(422, "patient_id must be a store id (1 … 2^63 − 1)")
         try:
             out = await asyncio.to_thread(timeline.resolve_conflict, conflict_id,
                                           who.username, str(action), target,

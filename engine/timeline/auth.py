@@ -37,6 +37,17 @@ class Principal:
     via: str  # token or oidc
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why a credential was refused, for the audit log: who it claimed to be (a token's
+    user, a JWT's unverified `sub`), never the credential itself."""
+
+    claimed: str
+    reason: str  # unknown_token, revoked, expired, inactive_user, forged, alg_not_allowed,
+    #              expired_jwt, malformed, unknown_user, oidc_not_configured, wrong_user
+    via: str  # token or oidc
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -86,24 +97,33 @@ class Authenticator:
         self._jwk_client: Any = None
 
     def authenticate(self, credential: str) -> Principal | None:
+        found = self.identify(credential)
+        return found if isinstance(found, Principal) else None
+
+    def identify(self, credential: str) -> Principal | Refusal:
+        """The caller, or why the credential is refused (for the audit of failed logins)."""
         if not credential:
-            return None
+            return Refusal("anonymous", "no_credentials", "token")
         if credential.count(".") == 2 and not credential.startswith(TOKEN_PREFIX):
             return self._oidc(credential)
         return self._opaque(credential)
 
-    def _opaque(self, token: str) -> Principal | None:
+    def _opaque(self, token: str) -> Principal | Refusal:
         now = datetime.now(UTC)
         with self.db.connect() as conn:
             row = conn.execute(
                 select(users, api_tokens.c.expires_at, api_tokens.c.revoked_at)
                 .join(api_tokens, api_tokens.c.user_id == users.c.id)
                 .where(api_tokens.c.token_hash == hash_token(token))).mappings().first()
-        if row is None or not row["active"] or row["revoked_at"] is not None:
-            return None
+        if row is None:
+            return Refusal("unknown", "unknown_token", "token")
+        if row["revoked_at"] is not None:
+            return Refusal(row["username"], "revoked", "token")
+        if not row["active"]:
+            return Refusal(row["username"], "inactive_user", "token")
         exp = row["expires_at"]
         if exp is not None and (exp if exp.tzinfo else exp.replace(tzinfo=UTC)) <= now:
-            return None
+            return Refusal(row["username"], "expired", "token")
         return Principal(row["id"], row["username"], row["role"], row["professional_id"],
                          "token")
 
@@ -124,17 +144,32 @@ class Authenticator:
                 return k.key
         raise jwt.InvalidTokenError("no JWKS key matches the token's kid")
 
-    def _oidc(self, token: str) -> Principal | None:
+    def _oidc(self, token: str) -> Principal | Refusal:
         import jwt
 
+        claimed = _claimed_subject(token)
+        try:
+            alg = str(jwt.get_unverified_header(token).get("alg", ""))
+        except (jwt.PyJWTError, ValueError):
+            return Refusal(claimed, "malformed", "oidc")
+        if alg not in JWT_ALGORITHMS:  # "none", HS256 with a public key, …
+            return Refusal(claimed, "alg_not_allowed", "oidc")
+        if self.settings.oidc_jwks is None:
+            return Refusal(claimed, "oidc_not_configured", "oidc")
         try:
             claims = jwt.decode(
                 token, self._signing_key(token), algorithms=JWT_ALGORITHMS,
                 audience=self.settings.oidc_audience, issuer=self.settings.oidc_issuer,
                 options={"require": ["exp", "sub"],
                          "verify_aud": self.settings.oidc_audience is not None})
+        except jwt.ExpiredSignatureError:
+            return Refusal(claimed, "expired_jwt", "oidc")
+        except jwt.InvalidSignatureError:
+            return Refusal(claimed, "forged", "oidc")
+        except (jwt.InvalidAudienceError, jwt.InvalidIssuerError):
+            return Refusal(claimed, "wrong_audience_or_issuer", "oidc")
         except (jwt.PyJWTError, OSError, ValueError):
-            return None
+            return Refusal(claimed, "malformed", "oidc")
         sub = str(claims["sub"])
         prof = claims.get(self.settings.oidc_id_claim)
         prof = str(prof) if prof else None
@@ -145,9 +180,22 @@ class Authenticator:
             row = conn.execute(select(users).where(cond).order_by(users.c.id)).mappings().first()
         if row is not None:
             if not row["active"]:
-                return None
+                return Refusal(sub, "inactive_user", "oidc")
             return Principal(row["id"], row["username"], row["role"],
                              row["professional_id"] or prof, "oidc")
         if self.settings.oidc_default_role in ROLES:
             return Principal(None, sub, self.settings.oidc_default_role, prof, "oidc")
-        return None
+        return Refusal(sub, "unknown_user", "oidc")
+
+
+def _claimed_subject(token: str) -> str:
+    """The `sub` a JWT claims, read without verifying it (it is what the caller said, which
+    the audit records beside the reason it was refused); bounded, never the token."""
+    import jwt
+
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except (jwt.PyJWTError, ValueError):
+        return "unreadable"
+    sub = claims.get("sub") if isinstance(claims, dict) else None
+    return str(sub)[:100] if sub else "no sub"

@@ -142,20 +142,33 @@ class Timeline:
 
     def _guarded(self, who: Principal, action: str, patient_id: int, remote: str | None,
                  detail: dict[str, Any], read: Any) -> Any:
-        with self.db.connect() as conn:
-            pid = survivor(conn, patient_id) if self._exists(conn, patient_id) else None
-            try:
-                if pid is None:
-                    raise Denied
-                self._check(conn, who, pid)
-            except Denied:
-                audit.record(self.db, who, action, patient_ids=[patient_id], remote=remote,
-                             outcome="denied", detail=detail)
-                raise
-            audit.record(self.db, who, action, patient_ids=[pid], remote=remote,
-                         detail=detail | ({"requested": patient_id} if pid != patient_id
-                                          else {}))
-            return read(conn, pid)
+        """Check, read, then audit what the caller got (issue #17): allowed, denied (also
+        for a patient that does not exist: the caller gets the same 403), not_found (the
+        read found nothing to give: a masked or absent document), error (it failed)."""
+        pid: int | None = None
+        try:
+            with self.db.connect() as conn:
+                pid = survivor(conn, patient_id) if self._exists(conn, patient_id) else None
+                try:
+                    if pid is None:
+                        raise Denied
+                    self._check(conn, who, pid)
+                except Denied:
+                    audit.record(self.db, who, action, patient_ids=[patient_id],
+                                 remote=remote, outcome="denied",
+                                 detail=detail | {"exists": pid is not None})
+                    raise
+                out = read(conn, pid)
+        except Denied:
+            raise
+        except Exception as exc:
+            audit.record(self.db, who, action, patient_ids=[pid or patient_id], remote=remote,
+                         outcome="error", detail=detail | {"error": type(exc).__name__})
+            raise
+        audit.record(self.db, who, action, patient_ids=[pid], remote=remote,
+                     outcome="not_found" if out is None else "allowed",
+                     detail=detail | ({"requested": patient_id} if pid != patient_id else {}))
+        return out
 
     @staticmethod
     def _exists(conn: Connection, patient_id: int) -> bool:
@@ -215,7 +228,7 @@ class Timeline:
                       end: datetime | None = None, include_inactive: bool = False,
                       offset: int = 0, limit: int = 50) -> dict[str, Any]:
         detail = {"types": types or [], "from": _iso(start), "to": _iso(end),
-                  "offset": offset, "limit": limit}
+                  "include_inactive": include_inactive, "offset": offset, "limit": limit}
 
         def read(conn: Connection, pid: int) -> dict[str, Any]:
             q = select(timeline_events).where(timeline_events.c.patient_id == pid)

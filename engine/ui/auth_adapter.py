@@ -44,8 +44,18 @@ def _timeline(engine: Engine) -> Timeline:
 def authenticate(engine: Engine, username: str, token: str, remote: str) -> Principal | None:
     """The timeline's verification of an opaque token or an OIDC JWT; when a user name is
     typed it must be the token's (a token alone is enough)."""
-    who = _timeline(engine).auth.authenticate(token)
-    if who is None or (username and username != who.username):
+    from engine.timeline import audit
+    from engine.timeline.auth import Refusal
+
+    timeline = _timeline(engine)
+    who = timeline.auth.identify(token)
+    if not isinstance(who, Refusal) and username and username != who.username:
+        who = Refusal(username, "wrong_user", who.via)
+    if isinstance(who, Refusal):
+        # Issue #17: failed sign-ins are audited (claimed identity, reason), never the token.
+        if who.claimed in ("unknown", "anonymous") and username:
+            who = Refusal(username, who.reason, who.via)
+        audit.record_refusal(timeline.db, who, remote, "/ui/login")
         return None
     return Principal("" if who.user_id is None else str(who.user_id), who.username, who.role,
                      who.professional_id, who.via)

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
+from ..store_ids import clamp_offset, parse_store_id
 from . import auth_adapter
 from .web import UI, Forbidden, remote_of
 
@@ -45,8 +46,11 @@ def build_router(ui: UI) -> APIRouter:
         q = request.query_params
         kind = q.get("kind", "")
         loinc = q.get("loinc", "").strip()
-        offset_text = q.get("offset", "0")
-        offset = int(offset_text) if offset_text.isdigit() else 0
+        offset = clamp_offset(q.get("offset"))
+        if parse_store_id(patient_id) is None:
+            return ui.render(request, "error.html", {"title": "Not found", "message":
+                             "No such patient: a patient id is a number from 1 to 2^63 − 1."},
+                             status=404, session=s)
         view = await asyncio.to_thread(
             auth_adapter.patient_view, engine, s, patient_id, remote_of(request),
             kind if kind in EVENT_KINDS else None, loinc or None, offset)

@@ -15,9 +15,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from ..store_ids import StoreId, parse_store_id
 from . import auth_adapter, dashboard
 from . import messages as msgs
 from .hl7_tree import try_parse_tree
+from .redaction import MIN_REASON_CHARS, BreakGlass, redacted_view, sensitivity
 from .web import UI, redirect, remote_of
 
 log = logging.getLogger("parcours.ui")
@@ -44,6 +46,9 @@ NOTICES = {
     "conflict-resolved": ("ok", "Conflict resolved."),
     "conflict-refused": ("bad", "That conflict could not be resolved (unknown, already "
                                 "resolved, or no record to apply its events to)."),
+    "glass-broken": ("warn", "Break-glass recorded in the audit log: the content is shown to "
+                             "you for 15 minutes."),
+    "glass-refused": ("bad", "Break-glass needs a reason of at least 10 characters."),
 }
 
 
@@ -59,6 +64,7 @@ def _notice(request: Request) -> tuple[str, str] | None:
 def build_router(ui: UI) -> APIRouter:
     router = APIRouter()
     engine = ui.engine
+    glass = BreakGlass()
 
     # -- dashboard --------------------------------------------------------------------------
 
@@ -79,7 +85,7 @@ def build_router(ui: UI) -> APIRouter:
                                                      "notice": _notice(request)}, session=s)
 
     @router.post("/ui/conflicts/{conflict_id}/resolve")
-    async def resolve_conflict(request: Request, conflict_id: int) -> Response:
+    async def resolve_conflict(request: Request, conflict_id: StoreId) -> Response:
         """Apply a held conflict's events to the record its local id names, or dismiss it;
         the same decision as `parcours conflicts resolve`."""
         s = ui.operator(request)
@@ -116,7 +122,7 @@ def build_router(ui: UI) -> APIRouter:
             since=msgs.parse_when(q.get("since")), until=msgs.parse_when(q.get("until")),
             channel=q.get("channel", ""), type=q.get("type", ""), status=q.get("status", ""),
             control_id=q.get("control_id", ""), patient=q.get("patient", ""),
-            flag=q.get("flag", ""), before_id=int(before) if before.isdigit() else None)
+            flag=q.get("flag", ""), before_id=parse_store_id(before))
         rows = await asyncio.to_thread(msgs.search, engine.store, search)
         channels = await asyncio.to_thread(msgs.channels_seen, engine.store)
         if rows:
@@ -137,29 +143,59 @@ def build_router(ui: UI) -> APIRouter:
             "statuses": STATUSES, "next_query": next_query}, session=s)
 
     @router.get("/ui/messages/{message_id}", response_class=HTMLResponse)
-    async def message_page(request: Request, message_id: int) -> Response:
+    async def message_page(request: Request, message_id: StoreId) -> Response:
         s = ui.operator(request)
         row = await asyncio.to_thread(engine.store.get_message, message_id)
         if row is None:
             return ui.render(request, "error.html", {"title": "Not found",
                              "message": f"No message {message_id}."}, status=404, session=s)
-        await asyncio.to_thread(auth_adapter.audit_many, engine, s,
-                                [row["patient_key"]] if row["patient_key"] else [],
-                                "ui.message", remote_of(request),
-                                {"message_id": message_id})
         raw = msgs.message_text(row)
         is_xml = row.get("message_type") == "CDA" or row.get("charset") == "xml"
         tree, tree_error = ([], "a CDA document: shown as received") if is_xml else \
             try_parse_tree(raw, row.get("version"))
+        # Issue #17: masked / confidentiality-V content only after an audited break-glass.
+        withheld = await asyncio.to_thread(sensitivity, bytes(row.get("raw") or b""),
+                                           row.get("message_type"))
+        glass_open = bool(withheld) and glass.is_open(s.username, message_id)
+        if withheld and not glass_open:
+            view = redacted_view(withheld)
+            raw, tree, tree_error = view["raw"], view["tree"], view["tree_error"]
+        await asyncio.to_thread(auth_adapter.audit_many, engine, s,
+                                [row["patient_key"]] if row["patient_key"] else [],
+                                "ui.message", remote_of(request),
+                                {"message_id": message_id, "withheld": withheld,
+                                 "content_shown": not withheld or glass_open})
         deliveries = await asyncio.to_thread(msgs.deliveries_of, engine.store, message_id)
         return ui.render(request, "message.html", {
             "m": row, "raw": raw, "ack": msgs.message_text(row, "ack"),
             "app_ack": msgs.message_text(row, "app_ack"), "tree": tree,
             "tree_error": tree_error, "deliveries": deliveries,
+            "withheld": withheld, "glass_open": glass_open,
             "notice": _notice(request)}, session=s)
 
+    @router.post("/ui/messages/{message_id}/break-glass")
+    async def break_glass(request: Request, message_id: StoreId) -> Response:
+        """Show withheld content to this operator for a while: a written reason, audited."""
+        s = ui.operator(request)
+        form = await ui.form_with_csrf(request, s)
+        reason = " ".join(str(form.get("reason", "")).split())[:500]
+        row = await asyncio.to_thread(engine.store.get_message, message_id)
+        if row is None:
+            return ui.render(request, "error.html", {"title": "Not found",
+                             "message": f"No message {message_id}."}, status=404, session=s)
+        if len(reason) < MIN_REASON_CHARS:
+            return redirect(f"/ui/messages/{message_id}?done=glass-refused")
+        glass.open(s.username, message_id)
+        await asyncio.to_thread(auth_adapter.audit_many, engine, s,
+                                [row["patient_key"]] if row["patient_key"] else [],
+                                "ui.break_glass", remote_of(request),
+                                {"message_id": message_id, "reason": reason})
+        log.warning("operator broke the glass on a withheld message",
+                    extra={"message_id": message_id, "user": s.username})
+        return redirect(f"/ui/messages/{message_id}?done=glass-broken")
+
     @router.post("/ui/messages/{message_id}/reprocess")
-    async def reprocess(request: Request, message_id: int) -> Response:
+    async def reprocess(request: Request, message_id: StoreId) -> Response:
         s = ui.operator(request)
         await ui.form_with_csrf(request, s)
         row = await asyncio.to_thread(engine.store.get_message, message_id)
@@ -179,7 +215,7 @@ def build_router(ui: UI) -> APIRouter:
         return redirect(f"/ui/messages/{message_id}?done={code}&n={n}")
 
     @router.post("/ui/deliveries/{delivery_id}/retry")
-    async def retry(request: Request, delivery_id: int) -> Response:
+    async def retry(request: Request, delivery_id: StoreId) -> Response:
         s = ui.operator(request)
         await ui.form_with_csrf(request, s)
         d = await asyncio.to_thread(msgs.delivery, engine.store, delivery_id)

@@ -23,7 +23,6 @@ import argparse
 import csv
 import os
 import sys
-import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from loinc.catalogue import is_valid_loinc_code  # noqa: E402
+from safexml import UnsafeXML, parse  # noqa: E402
 
 DATA = ROOT / "loinc" / "data"
 SUBSET = DATA / "loinc_subset.csv"
@@ -50,8 +50,8 @@ def ans_loinc_codes(dirs: list[Path]) -> dict[str, dict[str, str]]:
     for directory in dirs:
         for path in sorted(directory.glob("*.xml")):
             try:
-                root = ET.parse(path).getroot()
-            except ET.ParseError as exc:
+                root = parse(path.read_bytes())
+            except UnsafeXML as exc:
                 print(f"skipped {path}: {exc}", file=sys.stderr)
                 continue
             for concept in root.iter(f"{SVS_NS}Concept"):

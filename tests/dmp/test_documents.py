@@ -16,8 +16,8 @@ from connectors.dmp.metadata import (
     submit_objects_request,
     update_status_request,
 )
+from safexml import parse
 from transformers.cda.embedded import document_from_hl7
-from transformers.cda.safe_xml import parse
 from transformers.cda.schematron import crbio_schematron, failed_asserts
 from transformers.cda.validate import validate_cda
 

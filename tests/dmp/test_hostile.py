@@ -9,7 +9,7 @@ import pytest
 from channels.outbound.base import OutboundItem
 from connectors.dmp import iti41
 from connectors.dmp.simulator import Simulator
-from transformers.cda.safe_xml import UnsafeXML, parse
+from safexml import UnsafeXML, parse
 
 XXE = b"""<?xml version="1.0"?>
 <!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>

@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
+from safexml import UnsafeXML, parse
 from tests.conftest import corpus, routes_text
 from tests.intake.test_folder import stored, wait_for
 from transformers.cda.header import NotCDA, clinical_document, read_header
-from transformers.cda.safe_xml import UnsafeXML, parse
 
 TSH = ("cda", "ans-examples", "BIO-CR-BIO_2024.01_TSH_1.xml")
 

@@ -24,6 +24,8 @@ from typing import Any
 
 from lxml import etree
 
+from safexml import parse_shipped
+
 V3 = "urn:hl7-org:v3"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 LAB = "urn:oid:1.3.6.1.4.1.19376.1.3.2"  # IHE PaLM extension (lab:statusCode)
@@ -44,7 +46,7 @@ JDV_INTERPRETATION = JDV_DIR / "JDV_HL7_ObservationInterpretation_CISIS.xml"
 @lru_cache(maxsize=1)
 def interpretation_codes() -> dict[str, str]:
     """Codes of JDV_HL7_ObservationInterpretation_CISIS (the schematron checks membership)."""
-    root = etree.parse(str(JDV_INTERPRETATION)).getroot()
+    root = parse_shipped(JDV_INTERPRETATION)
     return {
         c.get("code", ""): c.get("displayName", "")
         for c in root.iter("{urn:ihe:iti:svs:2008}Concept")

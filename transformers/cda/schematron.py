@@ -23,6 +23,8 @@ from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
 
+from safexml import copy, parse, parse_shipped
+
 SCH = "http://purl.oclc.org/dsdl/schematron"
 XSL = "http://www.w3.org/1999/XSL/Transform"
 NS = {"sch": SCH}
@@ -47,8 +49,7 @@ class Finding:
 
 
 def _load(path: Path) -> etree._Element:
-    parser = etree.XMLParser(no_network=True, resolve_entities=False, remove_comments=True)
-    return etree.parse(str(path), parser).getroot()
+    return parse_shipped(path, remove_comments=True)
 
 
 def _expand_includes(elem: etree._Element, base: Path, depth: int = 0) -> None:
@@ -76,7 +77,7 @@ def _instantiate(pattern: etree._Element, abstract: dict[str, etree._Element]) -
     if base is None:
         raise SchematronError(f"pattern {pattern.get('id')} is-a unknown {pattern.get('is-a')}")
     params = {p.get("name", ""): p.get("value", "") for p in pattern.findall("sch:param", NS)}
-    inst = etree.fromstring(etree.tostring(base))
+    inst = copy(base)
     inst.set("id", pattern.get("id", ""))
     inst.attrib.pop("abstract", None)
     for el in inst.iter():
@@ -201,8 +202,6 @@ class Schematron:
 
     def validate(self, document: bytes | etree._Element) -> list[Finding]:
         """Run on a document already parsed by the safe parser (bytes are parsed here with it)."""
-        from .safe_xml import parse
-
         root = parse(document) if isinstance(document, bytes) else document
         text = etree.tostring(root, encoding="unicode")
         with Schematron._proc_lock:
@@ -212,7 +211,7 @@ class Schematron:
             result = self._exec.transform_to_string(xdm_node=node)
         if not result:
             raise SchematronError("schematron produced no output")
-        out = etree.fromstring(result.encode("utf-8"))
+        out = parse(result.encode("utf-8"))
         findings = []
         for el in out:
             findings.append(Finding(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from .safe_xml import parse
+from safexml import parse, parse_shipped
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
 CDA_SCHEMA = SCHEMA_DIR / "CDA_extended.xsd"
@@ -52,8 +52,7 @@ def cda_schema() -> etree.XMLSchema:
     global _schema
     with _lock:
         if _schema is None:
-            parser = etree.XMLParser(no_network=True, resolve_entities=False)
-            _schema = etree.XMLSchema(etree.parse(str(CDA_SCHEMA), parser))
+            _schema = etree.XMLSchema(parse_shipped(CDA_SCHEMA).getroottree())
         return _schema
 
 

@@ -1,6 +1,6 @@
 """CDA R2 documents → "document" events (from folder channels, or embedded in ORU/MDM).
 
-The document is parsed only by `transformers.cda.safe_xml` (no network, no DTD, no entity
+The document is parsed only by `safexml` (no network, no DTD, no entity
 expansion, size limit): a hostile document is refused with the reason, never expanded or
 fetched. The header fields come from HL7 CDA R2 §4.2 (id, setId, versionNumber, code,
 title, effectiveTime, confidentialityCode, recordTarget, author, custodian) and §4.2.3.1
@@ -14,8 +14,8 @@ from typing import Any
 
 from lxml import etree
 
+from safexml import MAX_DOCUMENT_BYTES, UnsafeXML, parse
 from transformers.cda.header import NS, NotCDA, clinical_document, read_header
-from transformers.cda.safe_xml import MAX_DOCUMENT_BYTES, UnsafeXML, parse
 from transformers.exchange import Exchange
 from transformers.hl7.header import INS_OIDS
 
