@@ -17,6 +17,7 @@ import base64
 import json
 import zlib
 from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import and_, bindparam, insert, or_, select, text, update
@@ -113,6 +114,18 @@ def _once(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+# Event types of other domains (issue #14's referrals), applied in the same transaction and
+# with the same idempotency as the timeline's own: type → handler(conn, patient_id, event,
+# message_id, received).
+EXTENSIONS: dict[str, Callable[[Connection, int, dict[str, Any], int, datetime], None]] = {}
+
+
+def register_event_type(
+        name: str, handler: Callable[[Connection, int, dict[str, Any], int, datetime], None]
+) -> None:
+    EXTENSIONS[name] = handler
+
+
 class Applier:
     def __init__(self, settings: TimelineSettings) -> None:
         self.settings = settings
@@ -160,7 +173,7 @@ class Applier:
     def _run(self, conn: Connection, patient_id: int, todo: list[dict[str, Any]],
              message_id: int, received: datetime) -> None:
         for ev in todo:
-            handler = getattr(self, f"_{ev['type']}", None)
+            handler = getattr(self, f"_{ev['type']}", None) or EXTENSIONS.get(ev["type"])
             if handler is None:
                 raise ValueError(f"unknown event type {ev['type']!r}")
             handler(conn, patient_id, ev, message_id, received)
