@@ -16,8 +16,8 @@ from __future__ import annotations
 import base64
 import json
 import zlib
-from datetime import UTC, datetime, timedelta
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, insert, or_, select, text, update

@@ -18,7 +18,10 @@ ROUTES = routes_text(
 """,
     routes="""
   - {name: referrals-timeline, when: {message_type: REF}, transform: [ref_events], to: [timeline]}
-  - {name: referral-response, when: {message_type: REF}, transform: [referral_response], to: [replies]}
+  - name: referral-response
+    when: {message_type: REF}
+    transform: [referral_response]
+    to: [replies]
 """)
 
 

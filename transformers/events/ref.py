@@ -50,8 +50,8 @@ RECEIPT_STATUS = {"I12": "P", "I13": "P", "I14": "R"}
 def referral_response(exchange: Exchange) -> Exchange | None:
     """REF → the RRI^I12 answering it, for a destination that sends it back to the
     requester (routes.yaml `referral-response`)."""
-    from transformers.hl7.rri import build_rri
     from transformers.hl7.referral import referral_id
+    from transformers.hl7.rri import build_rri
 
     from .common import cx_list
 
