@@ -22,8 +22,17 @@ __all__ = ["NotFound", "ReferralSettings", "Referrals", "TransitionError", "inst
 
 def install(engine: Any) -> Referrals:
     from ..timeline.apply import register_event_type
+    from .replies import StatusReplies, reply_targets
+
+    def notify(partition: int) -> None:
+        """From the thread that committed the change: the engine's loop runs the pass."""
+        loop = getattr(engine, "_loop", None)
+        if loop is not None:
+            loop.call_soon_threadsafe(engine.notify_partition, partition)
 
     referrals = Referrals(engine.store.engine)
+    referrals.replies = StatusReplies(lambda: reply_targets(getattr(engine, "config", None)),
+                                      engine.settings.partitions, notify)
     engine.referrals = referrals
     register_event_type("referral", referrals.apply_hl7)
     engine.intake.content_checks["REF"] = intake_check(referrals)

@@ -25,6 +25,7 @@ from ..timeline.identity import survivor
 from ..timeline.models import care_circle, timeline_events, users
 from . import workflow as wf
 from .models import referral_history, referrals, structure_members, support_structures
+from .replies import StatusReplies
 
 STRUCTURE_CACHE_S = 5.0  # how stale intake's list of known structures may be
 
@@ -103,6 +104,8 @@ class Referrals:
     def __init__(self, db: Engine, settings: ReferralSettings | None = None) -> None:
         self.db = db
         self.settings = settings or ReferralSettings.from_env()
+        # RRI^I12 to the requester for each change made here (engine/referrals/replies.py).
+        self.replies: StatusReplies | None = None
         self._known: tuple[float, frozenset[str]] = (0.0, frozenset())
 
     # -- structures and their coordinators ------------------------------------------------
@@ -241,18 +244,19 @@ class Referrals:
     # -- changes ---------------------------------------------------------------------------
 
     def _change(self, conn: Connection, row: Any, status: str, actor: str, at: datetime,
-                message_id: int | None, detail: dict[str, Any] | None = None) -> None:
+                message_id: int | None, detail: dict[str, Any] | None = None) -> int:
         wf.check(row["status"], status)
         now = datetime.now(UTC)
         conn.execute(update(referrals).where(referrals.c.id == row["id"]).values(
             status=status, updated_at=now,
             closed_at=now if wf.is_closed(status) else None))
-        self._history(conn, row["id"], row["patient_id"], row["key"], status, status, actor,
-                      at, message_id, detail or {})
+        hid = self._history(conn, row["id"], row["patient_id"], row["key"], status, status,
+                            actor, at, message_id, detail or {})
         if status in wf.WITH_ACCESS and row["status"] not in wf.WITH_ACCESS:
             self._grant(conn, row["id"], row["patient_id"], row["structure_id"])
         if wf.is_closed(status):
             self._end_grants(conn, row["id"], now)
+        return hid
 
     def _history(self, conn: Connection, referral_id: int, patient_id: int, key: str,
                  action: str, status: str, actor: str, at: datetime,
@@ -303,14 +307,17 @@ class Referrals:
         (`accepted`, `rejected`, `in-progress`, `on-hold`, `completed`, `cancelled`, …),
         `assign`, `note`, `evaluation` or `transfer` (hand on to another structure)."""
         now = datetime.now(UTC)
+        wake: int | None = None
         with self.db.begin() as conn:
             row = self._visible(conn, who, referral_id)
             actor = who.username
             if action in wf.TRANSITIONS:
                 if action == wf.REJECTED and not (reason or "").strip():
                     raise wf.TransitionError("declining a request needs a reason")
-                self._change(conn, row, action, actor, now, None,
-                             {"reason": reason} if reason else None)
+                hid = self._change(conn, row, action, actor, now, None,
+                                   {"reason": reason} if reason else None)
+                if self.replies is not None and action != row["status"]:
+                    wake = self.replies.queue(conn, row, hid, action)
             elif action == "assign":
                 if not coordinator:
                     raise ValueError("assign needs a coordinator")
@@ -343,6 +350,8 @@ class Referrals:
             else:
                 raise ValueError(f"unknown action {action!r}")
             patient_id = row["patient_id"]
+        if wake is not None and self.replies is not None and self.replies.notify is not None:
+            self.replies.notify(wake)
         audit.record(self.db, who, f"referral_{action}", patient_ids=[patient_id],
                      remote=remote, detail={"referral": referral_id})
         return self.read(who, referral_id, remote, audited=False)

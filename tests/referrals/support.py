@@ -14,7 +14,7 @@ GP_RPPS = "810000000001"
 ROUTES = routes_text(
     destinations="""
   timeline: {type: timeline}
-  replies: {type: file, path: "${PARCOURS_HOME}/out/rri", filename: "{message_id}.hl7"}
+  replies: {type: file, path: "${PARCOURS_HOME}/out/rri", filename: "{message_id}_{route}.hl7"}
 """,
     routes="""
   - {name: referrals-timeline, when: {message_type: REF}, transform: [ref_events], to: [timeline]}

@@ -3,6 +3,7 @@ care circle that comes with acceptance and ends with closure."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,17 @@ async def test_access_rules_and_invalid_transition(make_engine: Any, store_url: 
         grants = conn.execute(select(care_circle.c.until, care_circle.c.granted_by).where(
             care_circle.c.granted_by == f"referral:{rid}")).all()
         actions = {a for (a,) in conn.execute(select(audit_log.c.action))}
+    # the requester is told of each change: one RRI^I12 per status, RF1-1 from table 0283
+    out = tmp_path / "home" / "out" / "rri"
+    for _ in range(200):
+        status = sorted(out.glob("*referral-status*"))
+        if len(status) == 2:
+            break
+        await asyncio.sleep(0.05)
+    rf1 = [p.read_bytes().decode().split("\r")[1] for p in status]
+    assert sorted(rf1) == ["RF1|A|||||DEM-1^^1.2.250.1.999.1"] * 2  # accepted, completed
+    assert all(p.read_bytes().startswith(b"MSH|^~\\&|PARCOURS|GHT|MEDIGP|CAB-DUPONT|")
+               for p in status)
     # the grant given on acceptance ends after the grace period once closed
     assert len(grants) == 1 and grants[0].until is not None
     assert {"referral_read", "referral_worklist", "referral_accepted",

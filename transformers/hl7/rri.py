@@ -36,7 +36,8 @@ def build_rri(*, control_id: str, in_reply_to: str, status_code: str,
               receiving: tuple[str, str], text: str = "", version: str = "2.5",
               processing_id: str = "P", timestamp: str | None = None) -> str:
     """One RRI^I12, segments separated by CR. `in_reply_to` is the MSH-10 of the REF it
-    answers (MSA-2), or '' for an unsolicited status change."""
+    answers (MSA-2); '' for a later status change, which carries no MSA (optional in
+    RRI_I12, §11.3.2: there is no message it acknowledges)."""
     enc = DEFAULT_ENCODING
     f, c, s = enc.field, enc.component, enc.subcomponent
     msh = f.join(["MSH", enc.msh2, escape(sending[0], enc), escape(sending[1], enc),
@@ -51,4 +52,5 @@ def build_rri(*, control_id: str, in_reply_to: str, status_code: str,
         f"{escape(i['value'], enc)}{c}{c}{c}{s}{escape(i['authority'], enc)}{s}ISO"
         f"{c}{escape(i.get('type') or 'PI', enc)}" for i in patient_ids)
     pid = f.join(["PID", "1", "", cx])
-    return "\r".join([msh, msa, rf1, *(_prd(p, enc) for p in providers), pid])
+    head = [msh, msa] if in_reply_to else [msh]
+    return "\r".join([*head, rf1, *(_prd(p, enc) for p in providers), pid])
