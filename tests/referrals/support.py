@@ -39,7 +39,7 @@ def ref(trigger: str, control_id: str, *, ref_id: str = "DEM-1", status: str = "
         segs.append(f"PRD|RT|DAC Paris Centre||^^^^^^^^DAC Paris Centre|||{structure}^FINESS")
     if pid:
         segs.append(f"PID|1||{INS}^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO^INS~"
-                    "PAT-77^^^CAB-DUPONT^PI||MARTIN^Paul^^^^^L||19450321|M|||||||||||||||||||||VALI")
+                    "PAT-77^^^CAB-DUPONT^PI||MARTIN^Paul^^^^^L||19450321|M" + "|" * 24 + "VALI")
     segs += ["DG1|1||Z60.2^Personne vivant seule^I10", f"NTE|1||{note}"]
     return "\r".join(segs).encode("utf-8")
 

@@ -23,6 +23,15 @@ def _xpn(p: dict[str, Any], enc: Encoding) -> str:
                                escape(p.get("given") or "", enc)]).rstrip(enc.component)
 
 
+def _hd(ident: dict[str, str], enc: Encoding) -> str:
+    """CX-4 assigning authority (HD): namespace, then the OID as universal id (type ISO)."""
+    namespace, authority = ident.get("namespace") or "", ident.get("authority") or ""
+    if not authority or authority == namespace:
+        return escape(namespace or authority, enc)
+    s = enc.subcomponent
+    return f"{escape(namespace, enc)}{s}{escape(authority, enc)}{s}ISO"
+
+
 def _prd(p: dict[str, Any], enc: Encoding) -> str:
     f, c, r = enc.field, enc.component, enc.repetition
     ids = r.join(f"{escape(i['value'], enc)}{c}{escape(i.get('type') or '', enc)}"
@@ -39,7 +48,7 @@ def build_rri(*, control_id: str, in_reply_to: str, status_code: str,
     answers (MSA-2); '' for a later status change, which carries no MSA (optional in
     RRI_I12, §11.3.2: there is no message it acknowledges)."""
     enc = DEFAULT_ENCODING
-    f, c, s = enc.field, enc.component, enc.subcomponent
+    f, c = enc.field, enc.component
     msh = f.join(["MSH", enc.msh2, escape(sending[0], enc), escape(sending[1], enc),
                   escape(receiving[0], enc), escape(receiving[1], enc),
                   timestamp or ack_timestamp(), "", f"RRI{c}I12{c}RRI_I12", control_id,
@@ -49,8 +58,8 @@ def build_rri(*, control_id: str, in_reply_to: str, status_code: str,
     ident = f"{escape(referral_id['value'], enc)}{c}{c}{escape(referral_id['authority'], enc)}"
     rf1 = f.join(["RF1", status_code, "", "", "", "", ident])
     cx = enc.repetition.join(
-        f"{escape(i['value'], enc)}{c}{c}{c}{s}{escape(i['authority'], enc)}{s}ISO"
-        f"{c}{escape(i.get('type') or 'PI', enc)}" for i in patient_ids)
+        f"{escape(i['value'], enc)}{c}{c}{c}{_hd(i, enc)}{c}{escape(i.get('type') or 'PI', enc)}"
+        for i in patient_ids)
     pid = f.join(["PID", "1", "", cx])
     head = [msh, msa] if in_reply_to else [msh]
     return "\r".join([*head, rf1, *(_prd(p, enc) for p in providers), pid])
