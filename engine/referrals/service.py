@@ -354,7 +354,10 @@ class Referrals:
             self.replies.notify(wake)
         audit.record(self.db, who, f"referral_{action}", patient_ids=[patient_id],
                      remote=remote, detail={"referral": referral_id})
-        return self.read(who, referral_id, remote, audited=False)
+        with self.db.connect() as conn:  # what the action made of it (a transfer may take
+            row = conn.execute(select(referrals).where(  # it out of the actor's sight)
+                referrals.c.id == referral_id)).mappings().one()
+            return self._detail(conn, row)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -371,25 +374,25 @@ class Referrals:
             return row  # the requester follows its own request (and may cancel it)
         raise NotFound(referral_id)
 
-    def read(self, who: Principal, referral_id: int, remote: str | None = None,
-             audited: bool = True) -> dict[str, Any]:
+    def read(self, who: Principal, referral_id: int, remote: str | None = None
+             ) -> dict[str, Any]:
         try:
             with self.db.connect() as conn:
-                row = self._visible(conn, who, referral_id)
-                history = [dict(h) for h in conn.execute(
-                    select(referral_history).where(referral_history.c.referral_id == row["id"])
-                    .order_by(referral_history.c.id)).mappings()]
-                out = self._summary(conn, row)
+                out = self._detail(conn, self._visible(conn, who, referral_id))
         except NotFound:
-            if audited:
-                audit.record(self.db, who, "referral_read", patient_ids=None, remote=remote,
-                             outcome="denied", detail={"referral": referral_id})
+            audit.record(self.db, who, "referral_read", patient_ids=None, remote=remote,
+                         outcome="denied", detail={"referral": referral_id})
             raise
-        if audited:
-            audit.record(self.db, who, "referral_read", patient_ids=[out["patient_id"]],
-                         remote=remote, detail={"referral": referral_id})
-        out["history"] = [{**h, "at": _iso(h["at"]),
-                           "detail": json.loads(h["detail"] or "{}")} for h in history]
+        audit.record(self.db, who, "referral_read", patient_ids=[out["patient_id"]],
+                     remote=remote, detail={"referral": referral_id})
+        return out
+
+    def _detail(self, conn: Connection, row: Any) -> dict[str, Any]:
+        out = self._summary(conn, row)
+        out["history"] = [{**dict(h), "at": _iso(h["at"]),
+                           "detail": json.loads(h["detail"] or "{}")} for h in conn.execute(
+            select(referral_history).where(referral_history.c.referral_id == row["id"])
+            .order_by(referral_history.c.id)).mappings()]
         return out
 
     def _summary(self, conn: Connection, row: Any) -> dict[str, Any]:
