@@ -68,4 +68,7 @@ def create_app(engine: Engine) -> FastAPI:
     from .timeline import include_api  # /api/v1: patients, timeline, series, documents
 
     include_api(app, engine)
+    from .fhir import include_api as include_fhir  # /fhir/r4 (issue #13, docs/fhir.md)
+
+    include_fhir(app, engine)
     return app
