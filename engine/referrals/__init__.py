@@ -36,6 +36,10 @@ def install(engine: Any) -> Referrals:
     engine.referrals = referrals
     register_event_type("referral", referrals.apply_hl7)
     engine.intake.content_checks["REF"] = intake_check(referrals)
+    from ..fhir import registry_of
+    from .fhir import register as register_fhir
+
+    register_fhir(registry_of(engine), referrals)  # ServiceRequest + Task (docs/fhir.md)
     return referrals
 
 

@@ -163,7 +163,9 @@ class Referrals:
     # -- HL7 (called by the timeline's applier, inside its transaction) ------------------
 
     def apply_hl7(self, conn: Connection, patient_id: int, ev: dict[str, Any], message_id: int,
-                  received: datetime) -> None:
+                  received: datetime, source: str = "hl7") -> None:
+        """A request as a requester sent it — REF^I12/I13/I14, or a FHIR ServiceRequest put in
+        the same shape (`source` fhir, message id 0): created, modified or cancelled."""
         key = ev["key"][:512]
         row = conn.execute(select(referrals).where(referrals.c.key == key)).mappings().first()
         actor = self._requester_name(ev)
@@ -172,16 +174,18 @@ class Referrals:
             return  # a newer delivery generation of a message already applied
         if ev["action"] == "cancel":
             if row is None:  # I14 before its I12: a tombstone the request will find
-                rid = self._insert(conn, key, ev, patient_id, wf.CANCELLED, message_id,
-                                   tombstone=True)
+                rid = self._insert(conn, key, ev, patient_id, wf.CANCELLED, message_id or None,
+                                   tombstone=True, source=source)
                 self._history(conn, rid, patient_id, key, wf.CANCELLED, wf.CANCELLED, actor,
                               at, message_id, {"tombstone": True})
             elif not wf.is_closed(row["status"]):
                 self._change(conn, row, wf.CANCELLED, actor, at, message_id)
             return
-        status = wf.FROM_RF1.get(ev.get("status_code") or "", wf.REQUESTED)
+        status = ev.get("initial_status") or wf.FROM_RF1.get(ev.get("status_code") or "",
+                                                             wf.REQUESTED)
         if row is None:
-            rid = self._insert(conn, key, ev, patient_id, status, message_id)
+            rid = self._insert(conn, key, ev, patient_id, status, message_id or None,
+                               source=source)
             self._history(conn, rid, patient_id, key, "created", status, actor, at,
                           message_id, {"trigger": ev.get("trigger")})
             if status in wf.WITH_ACCESS:
@@ -200,10 +204,12 @@ class Referrals:
                             and _ts(_iso(row[k])) == v)}
         if changed and not wf.is_closed(row["status"]):
             conn.execute(update(referrals).where(referrals.c.id == row["id"]).values(
-                **changed, updated_at=datetime.now(UTC), message_id=message_id))
+                **changed, updated_at=datetime.now(UTC),
+                message_id=message_id or row["message_id"]))
             self._history(conn, row["id"], patient_id, key, "modified", row["status"], actor,
                           at, message_id, {"fields": sorted(changed)})
-        if ev["action"] == "modify" and status != wf.REQUESTED and status != row["status"]:
+        if ev["action"] == "modify" and status != row["status"] and (
+                status != wf.REQUESTED or "initial_status" in ev):
             try:
                 wf.check(row["status"], status)
             except wf.TransitionError as exc:
@@ -303,61 +309,77 @@ class Referrals:
     def act(self, who: Principal, referral_id: int, action: str, *, reason: str | None = None,
             note: str | None = None, coordinator: str | None = None,
             structure_id: str | None = None, remote: str | None = None) -> dict[str, Any]:
-        """A coordinator's (or a requester's, through FHIR) action on a request: a status
-        (`accepted`, `rejected`, `in-progress`, `on-hold`, `completed`, `cancelled`, …),
-        `assign`, `note`, `evaluation` or `transfer` (hand on to another structure)."""
-        now = datetime.now(UTC)
-        wake: int | None = None
+        """A coordinator's (or the requester's) action on a request, in its own transaction,
+        audited; see `act_on`."""
         with self.db.begin() as conn:
-            row = self._visible(conn, who, referral_id)
-            actor = who.username
-            if action in wf.TRANSITIONS:
-                if action == wf.REJECTED and not (reason or "").strip():
-                    raise wf.TransitionError("declining a request needs a reason")
-                hid = self._change(conn, row, action, actor, now, None,
-                                   {"reason": reason} if reason else None)
-                if self.replies is not None and action != row["status"]:
-                    wake = self.replies.queue(conn, row, hid, action)
-            elif action == "assign":
-                if not coordinator:
-                    raise ValueError("assign needs a coordinator")
-                conn.execute(update(referrals).where(referrals.c.id == row["id"]).values(
-                    coordinator=coordinator[:128], updated_at=now))
-                self._history(conn, row["id"], row["patient_id"], row["key"], "assigned",
-                              row["status"], actor, now, None, {"coordinator": coordinator})
-            elif action in ("note", "evaluation"):
-                if not (note or "").strip():
-                    raise ValueError(f"{action} needs a text")
-                if wf.is_closed(row["status"]) and action == "evaluation":
-                    raise wf.TransitionError("the request is closed: no evaluation any more")
-                self._history(conn, row["id"], row["patient_id"], row["key"], action,
-                              row["status"], actor, now, None, {"note": note})
-            elif action == "transfer":
-                if wf.is_closed(row["status"]) or not structure_id:
-                    raise wf.TransitionError("only an open request can be handed on, to a "
-                                             "named structure")
-                if conn.execute(select(support_structures.c.id).where(
-                        support_structures.c.id == structure_id)).first() is None:
-                    raise ValueError(f"no support structure {structure_id!r}")
-                self._end_grants(conn, row["id"], now)
-                conn.execute(update(referrals).where(referrals.c.id == row["id"]).values(
-                    structure_id=structure_id, status=wf.REQUESTED, coordinator=None,
-                    updated_at=now))
-                self._history(conn, row["id"], row["patient_id"], row["key"], "transferred",
-                              wf.REQUESTED, actor, now, None,
-                              {"reason": f"to {structure_id}" + (f": {reason}" if reason
-                                                                  else "")})
-            else:
-                raise ValueError(f"unknown action {action!r}")
-            patient_id = row["patient_id"]
-        if wake is not None and self.replies is not None and self.replies.notify is not None:
-            self.replies.notify(wake)
+            patient_id, wake = self.act_on(conn, who, referral_id, action, reason=reason,
+                                           note=note, coordinator=coordinator,
+                                           structure_id=structure_id)
+        self.wake(wake)
         audit.record(self.db, who, f"referral_{action}", patient_ids=[patient_id],
                      remote=remote, detail={"referral": referral_id})
         with self.db.connect() as conn:  # what the action made of it (a transfer may take
             row = conn.execute(select(referrals).where(  # it out of the actor's sight)
                 referrals.c.id == referral_id)).mappings().one()
             return self._detail(conn, row)
+
+    def wake(self, partition: int | None) -> None:
+        """After the commit: the partition whose outbox got an RRI runs a pass."""
+        if partition is not None and self.replies is not None and \
+                self.replies.notify is not None:
+            self.replies.notify(partition)
+
+    def act_on(self, conn: Connection, who: Principal, referral_id: int, action: str, *,
+               reason: str | None = None, note: str | None = None,
+               coordinator: str | None = None, structure_id: str | None = None
+               ) -> tuple[int, int | None]:
+        """One action on `conn` (the caller's transaction): a status (`accepted`, `rejected`,
+        `in-progress`, `on-hold`, `completed`, `cancelled`, …), `assign`, `note`,
+        `evaluation` or `transfer` (hand on to another structure). Returns the patient and
+        the partition to wake once committed (an RRI^I12 was queued), if any."""
+        now = datetime.now(UTC)
+        wake: int | None = None
+        row = self._visible(conn, who, referral_id)
+        actor = who.username
+        if action in wf.TRANSITIONS:
+            if action == wf.REJECTED and not (reason or "").strip():
+                raise wf.TransitionError("declining a request needs a reason")
+            hid = self._change(conn, row, action, actor, now, None,
+                               {"reason": reason} if reason else None)
+            if self.replies is not None and action != row["status"]:
+                wake = self.replies.queue(conn, row, hid, action)
+        elif action == "assign":
+            if not coordinator:
+                raise ValueError("assign needs a coordinator")
+            conn.execute(update(referrals).where(referrals.c.id == row["id"]).values(
+                coordinator=coordinator[:128], updated_at=now))
+            self._history(conn, row["id"], row["patient_id"], row["key"], "assigned",
+                          row["status"], actor, now, None, {"coordinator": coordinator})
+        elif action in ("note", "evaluation"):
+            if not (note or "").strip():
+                raise ValueError(f"{action} needs a text")
+            if wf.is_closed(row["status"]) and action == "evaluation":
+                raise wf.TransitionError("the request is closed: no evaluation any more")
+            self._history(conn, row["id"], row["patient_id"], row["key"], action,
+                          row["status"], actor, now, None, {"note": note})
+        elif action == "transfer":
+            if wf.is_closed(row["status"]) or not structure_id:
+                raise wf.TransitionError("only an open request can be handed on, to a "
+                                         "named structure")
+            if conn.execute(select(support_structures.c.id).where(
+                    support_structures.c.id == structure_id)).first() is None:
+                raise ValueError(f"no support structure {structure_id!r}")
+            self._end_grants(conn, row["id"], now)
+            conn.execute(update(referrals).where(referrals.c.id == row["id"]).values(
+                structure_id=structure_id, status=wf.REQUESTED, coordinator=None,
+                updated_at=now))
+            self._history(conn, row["id"], row["patient_id"], row["key"], "transferred",
+                          wf.REQUESTED, actor, now, None,
+                          {"reason": f"to {structure_id}" + (f": {reason}" if reason
+                                                              else "")})
+        else:
+            raise ValueError(f"unknown action {action!r}")
+        return int(row["patient_id"]), wake
 
     # -- reads -----------------------------------------------------------------------------
 
