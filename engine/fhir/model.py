@@ -1,15 +1,22 @@
 """Resources built and checked with the `fhirclient` models (FHIR 4.0.1).
 
-Every resource the API answers goes through `checked`: the model class of its type parses
-it strictly (unknown elements, wrong types and missing required elements raise) and writes
-it back, so a mapping that drifts from R4 fails in its test instead of in an EHR. The choice
-of library is explained in docs/architecture.md ("Where we wrote code ourselves").
+`checked` runs a resource through the model class of its type, strictly (unknown elements,
+wrong types and missing required elements raise) and writes it back, so a mapping that
+drifts from R4 fails instead of reaching an EHR. The tests check every resource type this
+way. When serving, `finish` checks what `CHECK` says for the request: every resource of a
+read, and the resources of a search page only with `PARCOURS_FHIR_CHECK=all`, because the
+model round trip costs milliseconds a resource and a page holds up to a thousand
+(docs/benchmarks.md, "FHIR Observation search"); a page is built by the same mapping code
+the reads and the tests check. The choice of library: docs/architecture.md ("Where we wrote
+code ourselves").
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +24,13 @@ from fhirclient.models.fhirabstractbase import FHIRValidationError
 from fhirclient.models.fhirelementfactory import FHIRElementFactory
 
 FHIR_VERSION = "4.0.1"
+# Whether `finish` runs the model check in this request (set by the router per request).
+CHECK: ContextVar[bool] = ContextVar("fhir_model_check", default=True)
+
+
+def check_searches() -> bool:
+    """PARCOURS_FHIR_CHECK: `reads` (default) checks reads only, `all` search pages too."""
+    return os.environ.get("PARCOURS_FHIR_CHECK", "reads").strip().lower() == "all"
 
 
 class InvalidResource(ValueError):
@@ -58,7 +72,7 @@ def version_of(resource: dict[str, Any]) -> str:
 def finish(resource: dict[str, Any], last_updated: datetime | None,
            profiles: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     """meta (versionId, lastUpdated, profile) added, then checked against the R4 model."""
-    out = checked(resource)
+    out = checked(resource) if CHECK.get() else resource
     meta: dict[str, Any] = {"versionId": version_of(out)}
     if last_updated is not None:
         meta["lastUpdated"] = instant(last_updated)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from . import model
 from . import search as searching
 from .capability import capability_statement
 from .context import Context
@@ -86,12 +87,13 @@ def build_router(timeline: Timeline, registry: Registry) -> APIRouter:
 
     async def answer(request: Request, work: Callable[[Context], Response],
                      write: bool = False, audit: Callable[[Context], tuple[str, dict[str, Any]]]
-                     | None = None) -> Response:
+                     | None = None, check: bool = True) -> Response:
         """Authenticate, run `work` with a Context on a connection (a transaction for
         writes), audit, and turn a FhirError into an OperationOutcome."""
         base, remote = _base(request), _remote(request)
 
         def run() -> Response:
+            model.CHECK.set(check)
             ctx = None
             try:
                 who = authenticate(request)
@@ -178,7 +180,7 @@ def build_router(timeline: Timeline, registry: Registry) -> APIRouter:
                 detail["total"] = state["total"]
             return "fhir.search", detail
 
-        return await answer(request, work, audit=audit)
+        return await answer(request, work, audit=audit, check=model.check_searches())
 
     @router.get("/{resource_type}/{resource_id}")
     async def read(request: Request, resource_type: str, resource_id: str) -> Response:

@@ -302,3 +302,5 @@ Index("ix_care_circle_patient_professional", care_circle.c.patient_id,
       care_circle.c.professional_id)
 Index("ix_documents_source_document", documents.c.source, documents.c.document_id)
 Index("ix_timeline_events_patient_at", timeline_events.c.patient_id, timeline_events.c.at)
+Index("ix_observations_patient_loinc_observed", observations.c.patient_id, observations.c.loinc,
+      observations.c.observed_at)  # migration 0011_fhir

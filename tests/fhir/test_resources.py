@@ -43,6 +43,9 @@ async def test_search_then_read_every_type(fhir: Fhir, kind: str) -> None:
             assert r.status_code == 200, r.text
             assert valid(r.json()) == res
             assert r.headers["etag"] == f'W/"{res["meta"]["versionId"]}"'
+            assert r.headers["last-modified"].endswith("GMT")
+            again = await c.get(f"{kind}/{res['id']}", headers={"If-None-Match": r.headers["etag"]})
+            assert again.status_code == 304 and again.content == b""
             if kind != "Patient":
                 ref = res.get("subject") or next(
                     p["actor"] for p in res["participant"] if "reference" in p["actor"])
