@@ -51,8 +51,11 @@ def intake_check(referrals: Referrals) -> Any:
 
         try:
             msg = Message.parse(text)
+            return referral_problems(msg, header.trigger_event, referrals.known_structure)
         except HL7ReadError as exc:
             return [AckError.at(102, f"the referral could not be read: {exc}", "MSH")]
-        return referral_problems(msg, header.trigger_event, referrals.known_structure)
+        except Exception as exc:  # noqa: BLE001 - bad input must get an answer, not a crash
+            return [AckError.at(102, "the referral could not be read "
+                                     f"({type(exc).__name__})", "RF1")]
 
     return check

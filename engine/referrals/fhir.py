@@ -322,8 +322,7 @@ class ReferralFhir:
 
     def update_request(self, ctx: Context, resource_id: str, resource: dict[str, Any],
                        if_match: str | None) -> tuple[dict[str, Any], bool]:
-        current = self._row(ctx, resource_id)
-        _check_version(service_request(ctx, current), if_match)
+        current = self._current(ctx, resource_id, if_match, service_request)
         ev, patient_id = self._event(ctx, resource, "modify", current)
         target = _status_from_request(resource.get("status"), current["status"])
         try:
@@ -340,8 +339,7 @@ class ReferralFhir:
 
     def patch_request(self, ctx: Context, resource_id: str, body: Any, content_type: str,
                       if_match: str | None) -> dict[str, Any]:
-        current = self._row(ctx, resource_id)
-        _check_version(service_request(ctx, current), if_match)
+        current = self._current(ctx, resource_id, if_match, service_request)
         status, reason = _patched_status(body, content_type, "ServiceRequest")
         self._status(ctx, current["id"], _status_from_request(status, current["status"]),
                      reason)
@@ -349,20 +347,26 @@ class ReferralFhir:
 
     def update_task(self, ctx: Context, resource_id: str, resource: dict[str, Any],
                     if_match: str | None) -> tuple[dict[str, Any], bool]:
-        current = self._row(ctx, resource_id)
-        _check_version(task(ctx, current), if_match)
-        reason = ((resource.get("statusReason") or {}).get("text")
-                  if isinstance(resource.get("statusReason"), dict) else None)
-        self._status(ctx, current["id"], _status_from_task(resource.get("status")), reason)
-        return self.read_task(ctx, resource_id), False
+        reason = resource.get("statusReason")
+        return self.patch_task(ctx, resource_id, [
+            {"op": "replace", "path": "/status", "value": resource.get("status")},
+            *([{"op": "replace", "path": "/statusReason", "value": reason}]
+              if isinstance(reason, dict) else [])],
+            "application/json-patch+json", if_match), False
 
     def patch_task(self, ctx: Context, resource_id: str, body: Any, content_type: str,
                    if_match: str | None) -> dict[str, Any]:
-        current = self._row(ctx, resource_id)
-        _check_version(task(ctx, current), if_match)
+        current = self._current(ctx, resource_id, if_match, task)
         status, reason = _patched_status(body, content_type, "Task")
         self._status(ctx, current["id"], _status_from_task(status), reason)
         return self.read_task(ctx, resource_id)
+
+    def _current(self, ctx: Context, resource_id: str, if_match: str | None,
+                 build: Any) -> dict[str, Any]:
+        """The referral a write applies to, once If-Match names its current version."""
+        current = self._row(ctx, resource_id)
+        _check_version(build(ctx, current), if_match)
+        return current
 
     def _status(self, ctx: Context, referral_id: int, status: str, reason: str | None) -> None:
         try:

@@ -20,6 +20,7 @@ from sqlalchemy import insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from ..timeline import audit
+from ..timeline.apply import ts as _ts
 from ..timeline.auth import Principal
 from ..timeline.identity import survivor
 from ..timeline.models import care_circle, timeline_events, users
@@ -48,16 +49,6 @@ class ReferralSettings:
 
 def _dumps(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, sort_keys=True, default=str)
-
-
-def _ts(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def _iso(v: Any) -> Any:

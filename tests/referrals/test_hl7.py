@@ -129,3 +129,22 @@ def _admin(eng: Any) -> Any:
     from engine.timeline.auth import Principal
 
     return Principal(None, "admin", "admin", None, "token")
+
+
+async def test_bad_referrals_get_an_answer(make_engine: Any, tmp_path: Path) -> None:
+    eng = await _engine(make_engine, f"sqlite:///{tmp_path / 'bad.db'}", tmp_path)
+    msh = ("MSH|^~\\&|MEDIGP|CAB|PARCOURS|GHT|20261201101500||REF^I12^REF_I12|{}|P|2.5"
+           "|||||FRA|UNICODE UTF-8")
+    cases = {
+        "B-1": msh.format("B-1"),  # nothing but MSH
+        "B-2": msh.format("B-2") + "\rRF1|||||||\rPID|1",  # empty RF1, PID without PID-3
+        "B-3": msh.format("B-3") + "\rRF1|P|~~~|^^^|&&&|~|^^^^^|\\X0D\\|~\rPRD|RT|~||||||~^~",
+        "B-4": msh.format("B-4") + "\r" + "NTE|1||" + "x" * 70000,
+    }
+    for control_id, text in cases.items():
+        ack = await eng.send(text.encode())
+        code, echoed, _ = _ack(ack)
+        assert (code, echoed) == ("AE", control_id), ack
+        assert _err(ack), ack
+    # an I13 needs no RT (it modifies a request already addressed); the listener is still up
+    assert _ack(await eng.send(ref("I13", "B-5", structure=None)))[0] == "AA"
