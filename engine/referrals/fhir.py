@@ -1,6 +1,6 @@
 """Referrals through FHIR R4 (issue #14, on the API of issue #13, docs/fhir.md).
 
-- **ServiceRequest**, ids `ref-<n>`: a second provider of the type beside the lab orders
+- **ServiceRequest**, ids `dac-<n>`: a second provider of the type beside the lab orders
   (engine/fhir/order.py). Referrals are told apart by code: `category` SNOMED CT 3457005
   "Patient referral" and `identifier` the requester's referral id (`urn:oid:<authority>` |
   RF1-6), the same key as the HL7 path, so a request is one whichever door it came in by.
@@ -8,7 +8,7 @@
   `performer`, `identifier`, `category`, `_id`, `_lastUpdated`), create (in a transaction
   Bundle with its Patient and Practitioner/PractitionerRole/Organization), PUT and PATCH
   (status changes checked against the workflow; a PUT also modifies the details, as an I13).
-- **Task**, ids `ref-<n>`: the DAC's workflow on that request (`focus` = the ServiceRequest,
+- **Task**, ids `dac-<n>`: the DAC's workflow on that request (`focus` = the ServiceRequest,
   `status` = the workflow status, `owner` = the structure); read, search, PUT/PATCH of the
   status, checked like the UI's buttons.
 - **Patient, Practitioner, PractitionerRole, Organization**: create only, for the entries of
@@ -50,7 +50,7 @@ from . import workflow as wf
 from .models import referrals, structure_members, support_structures
 from .service import NotFound, Referrals
 
-PREFIX = "ref-"
+PREFIX = "dac-"
 SNOMED = "http://snomed.info/sct"
 REFERRAL = {"system": SNOMED, "code": "3457005", "display": "Patient referral"}
 RPPS = "urn:oid:1.2.250.1.71.4.2.1"  # idNatPs (ANS)
@@ -631,7 +631,7 @@ def _check_version(resource: dict[str, Any], if_match: str | None) -> None:
 
 def register(registry: Registry, service: Referrals) -> None:
     h = ReferralFhir(service)
-    common = (SearchParam("_id", "token", "logical id (ref-N)"),
+    common = (SearchParam("_id", "token", "logical id (dac-N)"),
               SearchParam("patient", "reference", "the patient (Patient/id)"),
               SearchParam("patient.identifier", "token", "the patient's INS or local id"),
               SearchParam("status", "token", "the status"),

@@ -100,11 +100,11 @@ async def test_fhir_and_hl7_give_one_model(make_engine: Any, store_url: str,
         assert out["type"] == "transaction-response"
         sr = out["entry"][-1]["resource"]  # the ServiceRequest, after what it references
         assert (sr["id"], sr["status"], out["entry"][-1]["response"]["status"]) == (
-            "ref-1", "active", "201 Created")
+            "dac-1", "active", "201 Created")
         assert await eng.send(ref("I12", "F-1")) and True
         await settle(eng, 1)
-        fhir_sr = (await root.get("/ServiceRequest/ref-1")).json()
-        hl7_sr = (await root.get("/ServiceRequest/ref-2")).json()
+        fhir_sr = (await root.get("/ServiceRequest/dac-1")).json()
+        hl7_sr = (await root.get("/ServiceRequest/dac-2")).json()
         assert hl7_sr["identifier"] == [{"system": "urn:oid:1.2.250.1.999.1",
                                          "value": "DEM-1"}]
         assert _comparable(fhir_sr) == _comparable(hl7_sr)
@@ -115,21 +115,21 @@ async def test_fhir_and_hl7_give_one_model(make_engine: Any, store_url: str,
         assert _titles(eng, 1) == _titles(eng, 2) == ["Support request sent (Jeanne DUPONT)"]
 
         # cancellation: a FHIR PATCH revoking it, an I14 for the other
-        r = await gp.patch("/ServiceRequest/ref-1", json=[
+        r = await gp.patch("/ServiceRequest/dac-1", json=[
             {"op": "replace", "path": "/status", "value": "revoked"}],
             headers={"Content-Type": "application/json-patch+json"})
         assert r.status_code == 200 and r.json()["status"] == "revoked", r.text
         await eng.send(ref("I14", "F-2"))
         await settle(eng, 2)
-        fhir_sr = (await root.get("/ServiceRequest/ref-1")).json()
-        hl7_sr = (await root.get("/ServiceRequest/ref-2")).json()
+        fhir_sr = (await root.get("/ServiceRequest/dac-1")).json()
+        hl7_sr = (await root.get("/ServiceRequest/dac-2")).json()
         assert _comparable(fhir_sr) == _comparable(hl7_sr)
         assert [t.split(" (")[0] for t in _titles(eng, 1)] == [
             t.split(" (")[0] for t in _titles(eng, 2)] == [
             "Support request sent", "Support request cancelled"]
         # the same Bundle again is the same request
         again = await gp.post("", json=bundle("DEM-9"))
-        assert again.status_code == 200 and again.json()["entry"][-1]["resource"]["id"] == "ref-1"
+        assert again.status_code == 200 and again.json()["entry"][-1]["resource"]["id"] == "dac-1"
         with eng.store.engine.connect() as conn:
             assert conn.execute(select(referrals.c.id)).scalars().all() == [1, 2]
 
@@ -144,10 +144,10 @@ async def test_task_workflow_and_searches(make_engine: Any, store_url: str,
         assert tasks["total"] == 1
         t = tasks["entry"][0]["resource"]
         assert (t["id"], t["status"], t["focus"]) == (
-            "ref-1", "requested", {"reference": "ServiceRequest/ref-1"})
+            "dac-1", "requested", {"reference": "ServiceRequest/dac-1"})
         pid = t["for"]["reference"].split("/")[1]
         assert (await coord.get(f"/Patient/{pid}")).status_code == 404  # not in the circle
-        r = await coord.patch("/Task/ref-1", json={"resourceType": "Parameters", "parameter": [
+        r = await coord.patch("/Task/dac-1", json={"resourceType": "Parameters", "parameter": [
             {"name": "operation", "part": [
                 {"name": "type", "valueCode": "replace"},
                 {"name": "path", "valueString": "Task.status"},
@@ -155,16 +155,16 @@ async def test_task_workflow_and_searches(make_engine: Any, store_url: str,
             headers={"Content-Type": "application/fhir+json"})
         assert r.status_code == 200 and r.json()["status"] == "accepted", r.text
         assert (await coord.get(f"/Patient/{pid}")).status_code == 200  # the DAC joined
-        refused = await coord.put("/Task/ref-1", json={**r.json(), "status": "draft"})
+        refused = await coord.put("/Task/dac-1", json={**r.json(), "status": "draft"})
         assert refused.status_code == 422
         assert refused.json()["issue"][0]["diagnostics"] == (
             "a request accepted cannot become draft; allowed from accepted: cancelled, "
             "completed, in-progress, on-hold")
-        done = await coord.put("/Task/ref-1", json={**r.json(), "status": "completed"})
+        done = await coord.put("/Task/dac-1", json={**r.json(), "status": "completed"})
         assert done.status_code == 200 and done.json()["status"] == "completed"
-        sr = (await gp.get("/ServiceRequest/ref-1")).json()
+        sr = (await gp.get("/ServiceRequest/dac-1")).json()
         assert sr["status"] == "completed"
-        stale = await gp.patch("/ServiceRequest/ref-1", json=[
+        stale = await gp.patch("/ServiceRequest/dac-1", json=[
             {"op": "replace", "path": "/status", "value": "on-hold"}],
             headers={"Content-Type": "application/json-patch+json",
                      "If-Match": 'W/"0000"'})
@@ -181,8 +181,8 @@ async def test_task_workflow_and_searches(make_engine: Any, store_url: str,
             "total"] == 0
         nothing = (await outsider.get("/ServiceRequest", params={"category": "3457005"})).json()
         assert nothing["total"] == 0
-        assert (await outsider.get("/ServiceRequest/ref-1")).status_code == 404
-        assert (await outsider.get("/Task/ref-1")).status_code == 404
+        assert (await outsider.get("/ServiceRequest/dac-1")).status_code == 404
+        assert (await outsider.get("/Task/dac-1")).status_code == 404
 
 
 async def test_bundle_refused_as_a_whole(make_engine: Any, store_url: str,
