@@ -190,7 +190,8 @@ class Referrals:
                           at, message_id, {"trigger": ev.get("trigger"),
                                            "cancelled_before_arrival": True})
             return
-        changed = {k: v for k, v in details.items() if row[k] != v
+        # what the message leaves out (an I13 without its RT PRD, no RF1-8…) is kept
+        changed = {k: v for k, v in details.items() if v is not None and row[k] != v
                    and not (isinstance(v, datetime) and row[k] is not None
                             and _ts(_iso(row[k])) == v)}
         if changed and not wf.is_closed(row["status"]):

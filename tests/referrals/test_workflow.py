@@ -121,3 +121,11 @@ def test_transfer_to_another_structure(dac: Any) -> None:
 
     with pytest.raises(NotFound):  # no longer its structure's request
         dac.svc.read(dac.coord, rid)
+
+
+def test_modification_keeps_what_it_leaves_out(dac: Any) -> None:
+    dac.apply(ref("I12", "K-1"), message_id=1)
+    dac.apply(ref("I13", "K-2", structure=None, priority="S"), message_id=2)
+    r = _only(dac)
+    assert (r["structure_id"], r["priority"]) == (DAC, "stat")  # still the DAC's request
+    assert dac.svc.worklist(dac.coord)[0]["id"] == r["id"]
