@@ -114,19 +114,28 @@ async def test_fhir_and_hl7_give_one_model(make_engine: Any, store_url: str,
                                        "display": "Jeanne DUPONT (Cabinet Dupont)"}
         assert _titles(eng, 1) == _titles(eng, 2) == ["Support request sent (Jeanne DUPONT)"]
 
+        # modification: a FHIR PUT of the whole request, an I13 for the other
+        changed = {**fhir_sr, "priority": "stat"}
+        r = await gp.put("/ServiceRequest/dac-1", json=changed)
+        assert r.status_code == 200 and r.json()["priority"] == "stat", r.text
+        await eng.send(ref("I13", "F-1b", priority="S"))
+        await settle(eng, 2)
+        assert _comparable((await root.get("/ServiceRequest/dac-1")).json()) == _comparable(
+            (await root.get("/ServiceRequest/dac-2")).json())
+
         # cancellation: a FHIR PATCH revoking it, an I14 for the other
         r = await gp.patch("/ServiceRequest/dac-1", json=[
             {"op": "replace", "path": "/status", "value": "revoked"}],
             headers={"Content-Type": "application/json-patch+json"})
         assert r.status_code == 200 and r.json()["status"] == "revoked", r.text
         await eng.send(ref("I14", "F-2"))
-        await settle(eng, 2)
+        await settle(eng, 3)
         fhir_sr = (await root.get("/ServiceRequest/dac-1")).json()
         hl7_sr = (await root.get("/ServiceRequest/dac-2")).json()
         assert _comparable(fhir_sr) == _comparable(hl7_sr)
         assert [t.split(" (")[0] for t in _titles(eng, 1)] == [
             t.split(" (")[0] for t in _titles(eng, 2)] == [
-            "Support request sent", "Support request cancelled"]
+            "Support request sent", "Support request modified", "Support request cancelled"]
         # the same Bundle again is the same request
         again = await gp.post("", json=bundle("DEM-9"))
         assert again.status_code == 200 and again.json()["entry"][-1]["resource"]["id"] == "dac-1"

@@ -51,9 +51,10 @@ def _patient(eng: Any) -> int:
     return pid
 
 
-async def test_worklist_accept_and_patient_page(make_engine: Any, tmp_path: Path) -> None:
+async def test_worklist_accept_and_patient_page(make_engine: Any, store_url: str,
+                                               tmp_path: Path) -> None:
     require_chromium()
-    eng = await _dac(make_engine, f"sqlite:///{tmp_path / 'ui.db'}", tmp_path)
+    eng = await _dac(make_engine, store_url, tmp_path)
     coord = eng.coordinator
     assert await _timeline_status(eng, coord.token) == 403  # not in the care circle yet
     async with browser_page(f"http://127.0.0.1:{http_port(eng)}") as page:
