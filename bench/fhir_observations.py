@@ -149,6 +149,47 @@ async def measure(base: str, token: str, requests: int, params: dict[str, str]
     return times, total
 
 
+def breakdown(timeline: Timeline, token: str, runs: int) -> list[tuple[str, float]]:
+    """Where one request's time goes, in this process (medians of `runs`), same query."""
+    from engine.fhir import search as searching
+    from engine.fhir.context import Context
+    from engine.fhir.observation import filtered, observations, resource
+
+    registry = default_registry()
+    items = [("patient", "1"), ("code", "http://loinc.org|2345-7")]
+    o = observations.c
+    stages: dict[str, list[float]] = {k: [] for k in (
+        "authenticate (token lookup)", "care circle + query build", "count (total)",
+        "page of 50 rows", "50 resources mapped", "audit row committed")}
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        who = timeline.auth.authenticate(token)
+        t1 = time.perf_counter()
+        with timeline.db.connect() as conn:
+            ctx = Context(timeline, registry, who, None, "http://bench/fhir/r4", conn)
+            query = searching.parse(registry, "Observation", items)
+            stmt = filtered(ctx, query)
+            t2 = time.perf_counter()
+            from sqlalchemy import func, select
+
+            conn.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
+            t3 = time.perf_counter()
+            rows = [dict(r) for r in conn.execute(stmt.order_by(
+                o.observed_at.desc(), o.id.desc()).limit(50)).mappings()]
+            t4 = time.perf_counter()
+            from engine.fhir import model
+
+            model.CHECK.set(False)
+            [resource(ctx, r) for r in rows]
+            t5 = time.perf_counter()
+        ctx.audit("fhir.search", {"type": "Observation"})
+        t6 = time.perf_counter()
+        for key, a, b in zip(stages, (t0, t1, t2, t3, t4, t5), (t1, t2, t3, t4, t5, t6),
+                             strict=True):
+            stages[key].append((b - a) * 1000)
+    return [(k, statistics.median(v)) for k, v in stages.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--observations", type=int, default=1_000_000)
@@ -187,6 +228,11 @@ def main() -> None:
             times, total = asyncio.run(measure(base, token, args.requests, params))
             print(f"| {label} | {len(times)} | {total:,} | {statistics.median(times):.1f} | "
                   f"{percentile(times, 95):.1f} | {percentile(times, 99):.1f} |")
+        print()
+        print("| stage (in process, median) | ms |")
+        print("|---|---|")
+        for label, ms in breakdown(timeline, token, 50):
+            print(f"| {label} | {ms:.2f} |")
     finally:
         server.should_exit = True
         store.close()

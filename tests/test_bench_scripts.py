@@ -152,3 +152,12 @@ def test_scale_bench_runs_on_postgres_and_rabbitmq() -> None:
     rows = [line.split(" |")[:2] for line in out.splitlines() if line.startswith("| 1 |")
             or line.startswith("| 2 |")]
     assert rows == [["| 1", " 8"], ["| 2", " 4 + 4"]]
+
+
+def test_fhir_observations_bench_runs() -> None:
+    out = run("bench/fhir_observations.py", "--observations", "2000", "--patient-share", "200",
+              "--requests", "3")
+    rows = [line.split(" | ")[0] for line in out.splitlines() if line.startswith("| patient")]
+    assert rows == ["| patient=1&code=http://loinc.org|2345-7",
+                    "| patient=1&code=2345-7 (any system)", "| patient=1 (every code)"]
+    assert "| audit row committed |" in out

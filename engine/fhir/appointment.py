@@ -8,14 +8,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import select
-
 from ..timeline.models import appointments, timeline_events
 from .context import Context
-from .events import row_for_read
+from .events import row_for_read, with_event
 from .model import finish, instant
 from .registry import Provider, Registry, SearchParam, SearchResult
-from .search import SearchQuery, date_condition, int_id, paged, patient_criteria, token
+from .search import SearchQuery, int_id, narrowed, paged, token
 
 PROFILE = "http://hl7.org/fhir/StructureDefinition/Appointment"
 STATUSES = {"booked": "booked", "cancelled": "cancelled", "no_show": "noshow"}
@@ -30,10 +28,7 @@ PARAMS = (
 
 
 def _select() -> Any:
-    ev = timeline_events.c
-    return select(appointments, ev.data.label("event_data"), ev.updated_at, ev.masked_ps,
-                  ev.confidentiality, ev.author_id).outerjoin(
-        timeline_events, ev.id == appointments.c.event_id)
+    return with_event(appointments)
 
 
 def _person(p: Any) -> str | None:
@@ -76,22 +71,14 @@ def read(ctx: Context, resource_id: str) -> dict[str, Any]:
 
 
 def search(ctx: Context, query: SearchQuery) -> SearchResult:
-    pids = patient_criteria(ctx, query)
-    if pids is not None and not pids:
-        return SearchResult(0, [])
     ac = appointments.c
-    stmt = _select().where(ac.status != "deleted")
-    if pids is not None:
-        stmt = stmt.where(ac.patient_id.in_(pids))
-    for c in query.get("_id"):
-        stmt = stmt.where(ac.id.in_([i for i in map(int_id, c.values) if i is not None]))
+    stmt = narrowed(ctx, query, _select().where(ac.status != "deleted"), ac.patient_id, ac.id,
+                    {"date": ac.start, "_lastUpdated": timeline_events.c.updated_at})
+    if stmt is None:
+        return SearchResult(0, [])
     for c in query.get("status"):
         wanted = {token(v)[1] for v in c.values}
         stmt = stmt.where(ac.status.in_([k for k, v in STATUSES.items() if v in wanted]))
-    for name, column in (("date", ac.start), ("_lastUpdated", timeline_events.c.updated_at)):
-        cond = date_condition(column, query.get(name))
-        if cond is not None:
-            stmt = stmt.where(cond)
     total, rows = paged(ctx, query, stmt, ac.id)
     return SearchResult(total, [resource(ctx, r) for r in rows])
 

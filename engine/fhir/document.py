@@ -23,7 +23,7 @@ from .context import Context
 from .events import row_for_read
 from .model import finish, instant
 from .registry import Provider, Registry, SearchParam, SearchResult
-from .search import SearchQuery, date_condition, int_id, paged, patient_criteria, token
+from .search import SearchQuery, date_order, int_id, narrowed, paged, token
 
 PROFILE = "http://hl7.org/fhir/StructureDefinition/DocumentReference"
 LOINC = "http://loinc.org"
@@ -116,17 +116,14 @@ def read_binary(ctx: Context, resource_id: str) -> dict[str, Any]:
 
 
 def search(ctx: Context, query: SearchQuery) -> SearchResult:
-    pids = patient_criteria(ctx, query)
-    if pids is not None and not pids:
-        return SearchResult(0, [])
     dc = documents.c
-    stmt = _select().where(dc.status.in_(tuple(STATUSES)),
-                           ctx.masking_clause(dc.masked_ps, dc.confidentiality, dc.author_id,
-                                              dc.patient_id))
-    if pids is not None:
-        stmt = stmt.where(dc.patient_id.in_(pids))
-    for c in query.get("_id"):
-        stmt = stmt.where(dc.id.in_([i for i in map(int_id, c.values) if i is not None]))
+    stmt = narrowed(ctx, query, _select().where(
+        dc.status.in_(tuple(STATUSES)),
+        ctx.masking_clause(dc.masked_ps, dc.confidentiality, dc.author_id, dc.patient_id)),
+        dc.patient_id, dc.id,
+        {"date": dc.effective_time, "_lastUpdated": timeline_events.c.updated_at})
+    if stmt is None:
+        return SearchResult(0, [])
     for c in query.get("type"):
         codes = [code for system, code in map(token, c.values)
                  if code and system in (None, LOINC)]
@@ -134,14 +131,7 @@ def search(ctx: Context, query: SearchQuery) -> SearchResult:
     for c in query.get("status"):
         wanted = [k for k, v in STATUSES.items() if v in {token(x)[1] for x in c.values}]
         stmt = stmt.where(dc.status.in_(wanted))
-    for name, column in (("date", dc.effective_time),
-                         ("_lastUpdated", timeline_events.c.updated_at)):
-        cond = date_condition(column, query.get(name))
-        if cond is not None:
-            stmt = stmt.where(cond)
-    order = (dc.effective_time.desc(), dc.id.desc()) if "-date" in query.sort else (
-        (dc.effective_time, dc.id) if "date" in query.sort else (dc.id,))
-    total, rows = paged(ctx, query, stmt, *order)
+    total, rows = paged(ctx, query, stmt, *date_order(query, dc.effective_time, dc.id))
     return SearchResult(total, [resource(ctx, r) for r in rows
                                 if ctx.visible(r, int(r["patient_id"]))])
 

@@ -18,7 +18,7 @@ from .context import Context
 from .events import row_for_read
 from .model import finish, instant
 from .registry import Provider, Registry, SearchParam, SearchResult
-from .search import SearchQuery, date_condition, int_id, paged, patient_criteria, token
+from .search import SearchQuery, int_id, narrowed, paged, token
 
 PROFILE = "http://hl7.org/fhir/StructureDefinition/Encounter"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -92,15 +92,11 @@ def read(ctx: Context, resource_id: str) -> dict[str, Any]:
 
 
 def search(ctx: Context, query: SearchQuery) -> SearchResult:
-    pids = patient_criteria(ctx, query)
-    if pids is not None and not pids:
-        return SearchResult(0, [])
     sc = stays.c
-    stmt = _select()
-    if pids is not None:
-        stmt = stmt.where(sc.patient_id.in_(pids))
-    for c in query.get("_id"):
-        stmt = stmt.where(sc.id.in_([i for i in map(int_id, c.values) if i is not None]))
+    stmt = narrowed(ctx, query, _select(), sc.patient_id, sc.id,
+                    {"date": sc.admitted_at, "_lastUpdated": timeline_events.c.updated_at})
+    if stmt is None:
+        return SearchResult(0, [])
     for c in query.get("status"):
         wanted = {token(v)[1] for v in c.values}
         stmt = stmt.where(sc.status.in_([k for k, v in STATUSES.items() if v in wanted]))
@@ -111,11 +107,6 @@ def search(ctx: Context, query: SearchQuery) -> SearchResult:
         if "AMB" in wanted:
             cond = or_(cond, sc.patient_class.is_(None), sc.patient_class.not_in(CLASSES))
         stmt = stmt.where(cond)
-    for name, column in (("date", sc.admitted_at),
-                         ("_lastUpdated", timeline_events.c.updated_at)):
-        cond = date_condition(column, query.get(name))
-        if cond is not None:
-            stmt = stmt.where(cond)
     total, rows = paged(ctx, query, stmt, sc.id)
     return SearchResult(total, [resource(ctx, r) for r in rows])
 

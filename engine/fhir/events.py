@@ -38,8 +38,7 @@ def row_for_read(ctx: Context, stmt: Any, name: str, gone: bool = False,
 def event_columns() -> list[Any]:
     ev = timeline_events.c
     return [ev.status.label("event_status"), ev.masked_ps, ev.confidentiality, ev.author_id,
-            ev.updated_at, ev.at.label("event_at"), ev.data.label("event_data"),
-            ev.type.label("event_type"), ev.redundant_of.label("event_redundant_of")]
+            ev.updated_at, ev.at.label("event_at")]
 
 
 def event_id(resource_id: str, prefix: str = "") -> int:
@@ -50,3 +49,11 @@ def event_id(resource_id: str, prefix: str = "") -> int:
 def event_select(kind: str, resource_id: str) -> Any:
     ev = timeline_events.c
     return select(timeline_events).where(ev.id == event_id(resource_id), ev.type == kind)
+
+
+def with_event(table: Any) -> Any:
+    """SELECT of `table` with its timeline event's data, update time and masking columns."""
+    ev = timeline_events.c
+    return select(table, ev.data.label("event_data"), ev.updated_at, ev.masked_ps,
+                  ev.confidentiality, ev.author_id).outerjoin(
+        timeline_events, ev.id == table.c.event_id)

@@ -22,14 +22,7 @@ from .context import Context
 from .events import event_columns, row_for_read
 from .model import finish, instant
 from .registry import Provider, Registry, SearchParam, SearchResult
-from .search import (
-    SearchQuery,
-    date_condition,
-    int_id,
-    paged,
-    patient_criteria,
-    token,
-)
+from .search import SearchQuery, date_order, int_id, narrowed, paged, token
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -157,17 +150,13 @@ def _code_match(value: str) -> Any:
 
 def filtered(ctx: Context, query: SearchQuery) -> Any | None:
     """The SELECT of the observations the search matches, or None for no match at all."""
-    pids = patient_criteria(ctx, query)
-    if pids is not None and not pids:
-        return None
     o, ev = observations.c, timeline_events.c
-    stmt = _select().where(o.deleted.is_(False), ev.status == "active",
-                           ctx.masking_clause(ev.masked_ps, ev.confidentiality, ev.author_id,
-                                              o.patient_id))
-    if pids is not None:
-        stmt = stmt.where(o.patient_id.in_(pids))
-    for c in query.get("_id"):
-        stmt = stmt.where(o.id.in_([i for i in map(int_id, c.values) if i is not None]))
+    stmt = narrowed(ctx, query, _select().where(
+        o.deleted.is_(False), ev.status == "active",
+        ctx.masking_clause(ev.masked_ps, ev.confidentiality, ev.author_id, o.patient_id)),
+        o.patient_id, o.id, {"date": o.observed_at, "_lastUpdated": ev.updated_at})
+    if stmt is None:
+        return None
     for c in query.get("code"):
         matches = [m for m in map(_code_match, c.values) if m is not None]
         if not matches:
@@ -177,12 +166,6 @@ def filtered(ctx: Context, query: SearchQuery) -> Any | None:
         if not any(token(v)[1] == "laboratory" and token(v)[0] in (None, CATEGORY)
                    for v in c.values):
             return None
-    cond = date_condition(o.observed_at, query.get("date"))
-    if cond is not None:
-        stmt = stmt.where(cond)
-    cond = date_condition(ev.updated_at, query.get("_lastUpdated"))
-    if cond is not None:
-        stmt = stmt.where(cond)
     return stmt
 
 
@@ -191,13 +174,8 @@ def search(ctx: Context, query: SearchQuery) -> SearchResult:
     if stmt is None:
         return SearchResult(0, [])
     o = observations.c
-    if "-date" in query.sort:
-        order = (o.observed_at.desc(), o.id.desc())
-    elif "date" in query.sort:
-        order = (o.observed_at, o.id)
-    else:
-        order = (o.id,)
-    total, rows = paged(ctx, query, stmt, *order)
+    # newest first by default: the index's order (migration 0011_fhir), a page stops early
+    total, rows = paged(ctx, query, stmt, *date_order(query, o.observed_at, o.id, True))
     return SearchResult(total, [resource(ctx, r) for r in rows
                                 if ctx.visible(r, int(r["patient_id"]))])
 

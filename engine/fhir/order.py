@@ -15,15 +15,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_
 
 from ..timeline.models import orders, timeline_events
 from . import observation
 from .context import Context
-from .events import row_for_read
+from .events import row_for_read, with_event
 from .model import finish, instant
 from .registry import Provider, Registry, SearchParam, SearchResult
-from .search import SearchQuery, date_condition, int_id, paged, patient_criteria, token
+from .search import SearchQuery, int_id, narrowed, paged, token
 
 PROFILE = "http://hl7.org/fhir/StructureDefinition/ServiceRequest"
 REDUNDANT = "urn:x-parcours:fhir:StructureDefinition:possibly-redundant"
@@ -42,10 +42,7 @@ PARAMS = (
 
 
 def _select() -> Any:
-    ev = timeline_events.c
-    return select(orders, ev.data.label("event_data"), ev.updated_at, ev.masked_ps,
-                  ev.confidentiality, ev.author_id).outerjoin(
-        timeline_events, ev.id == orders.c.event_id)
+    return with_event(orders)
 
 
 def resource(ctx: Context, o: dict[str, Any]) -> dict[str, Any]:
@@ -93,25 +90,17 @@ def read(ctx: Context, resource_id: str) -> dict[str, Any]:
 
 
 def search(ctx: Context, query: SearchQuery) -> SearchResult:
-    pids = patient_criteria(ctx, query)
-    if pids is not None and not pids:
-        return SearchResult(0, [])
     oc, ev = orders.c, timeline_events.c
-    stmt = _select()
-    if pids is not None:
-        stmt = stmt.where(oc.patient_id.in_(pids))
-    for c in query.get("_id"):
-        stmt = stmt.where(oc.id.in_([i for i in map(int_id, c.values) if i is not None]))
+    stmt = narrowed(ctx, query, _select(), oc.patient_id, oc.id,
+                    {"authored": oc.ordered_at, "_lastUpdated": ev.updated_at})
+    if stmt is None:
+        return SearchResult(0, [])
     for c in query.get("code"):
         stmt = stmt.where(or_(*[ev.code == code for _, code in map(token, c.values) if code]
                               or [oc.id.is_(None)]))
     for c in query.get("status"):
         wanted = {token(v)[1] for v in c.values}
         stmt = stmt.where(oc.status.in_([k for k, v in STATUSES.items() if v in wanted]))
-    for name, column in (("authored", oc.ordered_at), ("_lastUpdated", ev.updated_at)):
-        cond = date_condition(column, query.get(name))
-        if cond is not None:
-            stmt = stmt.where(cond)
     total, rows = paged(ctx, query, stmt, oc.id)
     return SearchResult(total, [resource(ctx, r) for r in rows])
 

@@ -18,7 +18,7 @@ from .context import Context
 from .events import event_id, row_for_read
 from .model import finish, instant
 from .registry import Provider, Registry, SearchParam, SearchResult
-from .search import SearchQuery, date_condition, int_id, paged, patient_criteria, token
+from .search import SearchQuery, date_order, narrowed, paged, token
 
 PROFILE = "http://hl7.org/fhir/StructureDefinition/DiagnosticReport"
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
@@ -98,29 +98,19 @@ def _code_match(value: str) -> Any:
 
 
 def search(ctx: Context, query: SearchQuery) -> SearchResult:
-    pids = patient_criteria(ctx, query)
-    if pids is not None and not pids:
-        return SearchResult(0, [])
     ev = timeline_events.c
-    stmt = select(timeline_events).where(
+    stmt = narrowed(ctx, query, select(timeline_events).where(
         ev.type == "result", ev.status == "active",
-        ctx.masking_clause(ev.masked_ps, ev.confidentiality, ev.author_id, ev.patient_id))
-    if pids is not None:
-        stmt = stmt.where(ev.patient_id.in_(pids))
-    for c in query.get("_id"):
-        stmt = stmt.where(ev.id.in_([i for i in map(int_id, c.values) if i is not None]))
+        ctx.masking_clause(ev.masked_ps, ev.confidentiality, ev.author_id, ev.patient_id)),
+        ev.patient_id, ev.id, {"date": ev.at, "_lastUpdated": ev.updated_at})
+    if stmt is None:
+        return SearchResult(0, [])
     for c in query.get("code"):
         matches = [m for m in map(_code_match, c.values) if m is not None]
         if not matches:
             return SearchResult(0, [])
         stmt = stmt.where(or_(*matches))
-    for name, column in (("date", ev.at), ("_lastUpdated", ev.updated_at)):
-        cond = date_condition(column, query.get(name))
-        if cond is not None:
-            stmt = stmt.where(cond)
-    order = (ev.at.desc(), ev.id.desc()) if "-date" in query.sort else (
-        (ev.at, ev.id) if "date" in query.sort else (ev.id,))
-    total, rows = paged(ctx, query, stmt, *order)
+    total, rows = paged(ctx, query, stmt, *date_order(query, ev.at, ev.id))
     rows = [r for r in rows if ctx.visible(r, int(r["patient_id"]))]
     results = _results(ctx, [int(r["id"]) for r in rows])
     page = [resource(ctx, r, results.get(int(r["id"]), [])) for r in rows]

@@ -323,3 +323,33 @@ def patient_criteria(ctx: Context, query: SearchQuery, name: str = "patient"
     allowed = [p for p in sorted(named) if ctx.may_read(p)]
     ctx.denied.update(p for p in named if p not in allowed)
     return allowed
+
+
+def narrowed(ctx: Context, query: SearchQuery, stmt: Any, patient_id: Any, resource_id: Any,
+             dates: dict[str, Any]) -> Any | None:
+    """`stmt` with what every timeline search shares applied: the readable patients
+    (`patient`), `_id`, and the date parameters of `dates` (name → column); None when
+    nothing can match (no readable patient)."""
+    pids = patient_criteria(ctx, query)
+    if pids is not None and not pids:
+        return None
+    if pids is not None:
+        stmt = stmt.where(patient_id.in_(pids))
+    for c in query.get("_id"):
+        stmt = stmt.where(resource_id.in_([i for i in map(int_id, c.values) if i is not None]))
+    for name, column in dates.items():
+        cond = date_condition(column, query.get(name))
+        if cond is not None:
+            stmt = stmt.where(cond)
+    return stmt
+
+
+def date_order(query: SearchQuery, column: Any, resource_id: Any,
+               newest_first: bool = False) -> tuple[Any, ...]:
+    """ORDER BY for `_sort=date` / `-date` (ties by id); without `_sort`, by id, or newest
+    first when that is the order an index gives for free."""
+    if "-date" in query.sort or (newest_first and "date" not in query.sort):
+        return column.desc(), resource_id.desc()
+    if "date" in query.sort:
+        return column, resource_id
+    return (resource_id,)

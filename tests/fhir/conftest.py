@@ -97,21 +97,14 @@ def repo_file(*parts: str) -> bytes:
     return Path(__file__).resolve().parents[2].joinpath(*parts).read_bytes()
 
 
-def order(prescriber: str, when: str, placer: str) -> bytes:
-    from tests.timeline.conftest import edit
-
-    raw = read(*FHIR_CONVERTER, "ORM-O01-01.hl7")
-    raw = edit(raw, "ORC", 2, f"{placer}^GHHPlacer")
-    raw = edit(raw, "ORC", 9, when)
-    return edit(raw, "ORC", 12, f"{prescriber}^DOC^A")
-
-
 def full_record(f: Fhir) -> None:
     """The corpus patient with results, a report, a document, two orders (the second
     possibly redundant) and an appointment, all on patient 1 (message ids 2–6)."""
     pid = consent_pid()
     f.apply(with_pid(repo_file(*ORU_PARIS15), pid), 2)
     f.apply(with_pid(read(*MDM), pid), 3)
+    from tests.timeline.test_apply import _order as order  # ORM^O01, prescriber and time set
+
     f.apply(with_pid(order("3850", "20240301100000", "A1"), pid), 4)
     f.apply(with_pid(order("4000", "20240303100000", "A2"), pid), 5)
     f.apply(with_pid(read(*FHIR_CONVERTER, "SIU-S12-01.hl7"), pid), 6)
