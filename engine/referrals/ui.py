@@ -23,6 +23,7 @@ from .service import NotFound, Referrals
 
 ROLES = ("clinician", "admin")
 STATUS_ACTIONS = (wf.ACCEPTED, wf.IN_PROGRESS, wf.ON_HOLD, wf.COMPLETED, wf.CANCELLED)
+DONE = frozenset({*wf.STATUSES, "assign", "note", "evaluation", "transfer"})
 
 
 def _age(authored: str | None) -> float:
@@ -57,22 +58,25 @@ def build_router(ui: UI, referrals: Referrals) -> APIRouter:
             "rows": [_row(r) for r in rows], "statuses": wf.STATUSES, "status": status,
             "requester": requester}, session=s)
 
-    @router.get("/ui/referrals/{referral_id}", response_class=HTMLResponse)
-    async def page(request: Request, referral_id: int) -> Response:
-        s = ui.require(request, *ROLES)
+    async def render(request: Request, s: Any, referral_id: int,
+                     notice: tuple[str, str] | None, status: int = 200) -> Response:
         try:
             r = await asyncio.to_thread(referrals.read, principal(s), referral_id,
                                         remote_of(request))
         except NotFound:
             raise Forbidden("this request is shown only to its support structure's "
                             "coordinators and to its requester") from None
-        error = request.query_params.get("error", "")
-        done = request.query_params.get("done", "")
-        notice = ("bad", error) if error else (("ok", f"Done: {done}.") if done else None)
         return ui.render(request, "referral.html", {
             "r": _row(r), "allowed": sorted(wf.TRANSITIONS[r["status"]]),
             "status_actions": STATUS_ACTIONS, "structures": referrals.structures(),
-            "notice": notice}, session=s)
+            "notice": notice}, status=status, session=s)
+
+    @router.get("/ui/referrals/{referral_id}", response_class=HTMLResponse)
+    async def page(request: Request, referral_id: int) -> Response:
+        s = ui.require(request, *ROLES)
+        done = request.query_params.get("done", "")
+        notice = ("ok", f"Done: {done}.") if done in DONE else None
+        return await render(request, s, referral_id, notice)
 
     @router.post("/ui/referrals/{referral_id}/action")
     async def act(request: Request, referral_id: int) -> Response:
@@ -88,8 +92,8 @@ def build_router(ui: UI, referrals: Referrals) -> APIRouter:
         except NotFound:
             raise Forbidden("this request is shown only to its support structure's "
                             "coordinators and to its requester") from None
-        except ValueError as exc:  # TransitionError is one
-            return redirect(f"/ui/referrals/{referral_id}?error={quote(str(exc))}")
+        except ValueError as exc:  # TransitionError is one: the workflow's sentence, shown
+            return await render(request, s, referral_id, ("bad", str(exc)), status=422)
         return redirect(f"/ui/referrals/{referral_id}?done={quote(action)}")
 
     return router
