@@ -148,3 +148,15 @@ async def test_bad_referrals_get_an_answer(make_engine: Any, tmp_path: Path) -> 
         assert _err(ack), ack
     # an I13 needs no RT (it modifies a request already addressed); the listener is still up
     assert _ack(await eng.send(ref("I13", "B-5", structure=None)))[0] == "AA"
+
+
+async def test_enhanced_mode_refusal_is_ce(make_engine: Any, tmp_path: Path) -> None:
+    eng = await _engine(make_engine, f"sqlite:///{tmp_path / 'ce.db'}", tmp_path)
+    text = ref("I12", "CE-1", structure="130000009").decode()
+    lines = text.split("\r")
+    f = lines[0].split("|")
+    f += [""] * (17 - len(f))
+    f[14], f[15] = "AL", "NE"  # MSH-15 accept ack AL, MSH-16 application ack NE
+    ack = await eng.send("\r".join(["|".join(f), *lines[1:]]).encode())
+    assert _ack(ack)[:2] == ("CE", "CE-1")
+    assert "204^Unknown key identifier" in _err(ack)[0]
