@@ -34,21 +34,26 @@ def check_searches() -> bool:
 
 
 class InvalidResource(ValueError):
-    """A resource does not conform to its FHIR R4 type."""
+    """A resource does not conform to its FHIR R4 type (`kind`: its resourceType, the only
+    part fit for a log line: the message may quote patient data)."""
+
+    def __init__(self, message: str, kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def checked(resource: dict[str, Any]) -> dict[str, Any]:
     """The resource as the R4 model class of its `resourceType` serialises it."""
     kind = resource.get("resourceType")
     if not isinstance(kind, str):
-        raise InvalidResource("resourceType missing")
+        raise InvalidResource("resourceType missing", "?")
     try:
         model = FHIRElementFactory.instantiate(kind, resource)
         if type(model).__name__ != kind:
-            raise InvalidResource(f"{kind} is not an R4 resource type")
+            raise InvalidResource(f"{kind} is not an R4 resource type", kind)
         out = model.as_json()
     except FHIRValidationError as exc:
-        raise InvalidResource(f"{kind}: {exc}") from exc
+        raise InvalidResource(f"{kind}: {exc}", kind) from exc
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from email.utils import format_datetime
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from ..timeline import Timeline
     from ..timeline.auth import Principal
 
+log = logging.getLogger("parcours.fhir")
 BASE = "/fhir/r4"
 FHIR_JSON = "application/fhir+json"
 
@@ -110,6 +112,11 @@ def build_router(timeline: Timeline, registry: Registry) -> APIRouter:
                     response = work(ctx)
             except FhirError as exc:
                 response = error_response(exc)
+            except model.InvalidResource as exc:  # a mapping bug: never send what R4 refuses
+                log.error("fhir resource failed its R4 model check: %s", exc.kind)
+                response = error_response(FhirError(
+                    500, "the server built a resource that is not valid FHIR R4",
+                    code="exception"))
             if ctx is not None and audit is not None:
                 action, detail = audit(ctx)
                 ctx.audit(action, detail | ({"status": response.status_code}

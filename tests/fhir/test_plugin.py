@@ -211,3 +211,31 @@ async def test_second_provider_and_alternative_source(fhir: Fhir) -> None:
     (doc,) = [x for x in cs["rest"][0]["resource"] if x["type"] == "DocumentReference"]
     assert {"name": "_source", "type": "uri", "documentation": "alternative source: dmp"} \
         in doc["searchParam"]
+
+
+async def test_model_check_of_reads_and_search_pages(fhir: Fhir,
+                                                      monkeypatch: Any) -> None:
+    """A mapping that builds an invalid R4 resource (an Observation without its required
+    `status`) is refused on a read (500 OperationOutcome, nothing of it sent); search pages
+    are checked only with PARCOURS_FHIR_CHECK=all."""
+    def broken(ctx: Context, rid: str) -> dict[str, Any]:
+        return finish({"resourceType": "Observation", "id": rid,
+                       "code": {"text": "no status"}, "subject": ctx.patient_ref(1)}, None)
+
+    def pages(ctx: Context, query: SearchQuery) -> SearchResult:
+        return SearchResult(1, [broken(ctx, "bad-1")])
+
+    fhir.eng.engine.fhir_registry.register(Provider(
+        "Observation", "test.broken", read=broken, search=pages, id_prefix="bad-",
+        params=(SearchParam("patient", "reference"), SearchParam("code", "token"),
+                SearchParam("category", "token"), SearchParam("date", "date"),
+                SearchParam("_id", "token"), SearchParam("_lastUpdated", "date"))))
+    async with fhir.client() as c:
+        r = await c.get("Observation/bad-1")
+        assert r.status_code == 500
+        assert r.json()["issue"][0]["code"] == "exception" and "no status" not in r.text
+        r = await c.get("Observation", params={"patient": "1"})
+        assert r.status_code == 200  # default: pages unchecked
+        monkeypatch.setenv("PARCOURS_FHIR_CHECK", "all")
+        r = await c.get("Observation", params={"patient": "1"})
+        assert r.status_code == 500 and r.json()["resourceType"] == "OperationOutcome"
