@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import or_, select
 
 from ..fhir.context import Context
-from ..fhir.model import finish, version_of
+from ..fhir.model import InvalidResource, checked, finish, version_of
 from ..fhir.outcome import FhirError
 from ..fhir.registry import Provider, Registry, SearchParam, SearchResult
 from ..fhir.search import (
@@ -313,7 +313,7 @@ class ReferralFhir:
     # writing -----------------------------------------------------------------------------
 
     def create_request(self, ctx: Context, resource: dict[str, Any]) -> dict[str, Any]:
-        ev, patient_id = self._event(ctx, resource, "create")
+        ev, patient_id = self._event(ctx, _valid(resource), "create")
         self.service.apply_hl7(ctx.conn, patient_id, ev, 0, datetime.now(UTC), source="fhir")
         rid = ctx.conn.execute(select(referrals.c.id).where(referrals.c.key == ev["key"])
                                ).scalar_one()
@@ -323,7 +323,7 @@ class ReferralFhir:
     def update_request(self, ctx: Context, resource_id: str, resource: dict[str, Any],
                        if_match: str | None) -> tuple[dict[str, Any], bool]:
         current = self._current(ctx, resource_id, if_match, service_request)
-        ev, patient_id = self._event(ctx, resource, "modify", current)
+        ev, patient_id = self._event(ctx, _valid(resource), "modify", current)
         target = _status_from_request(resource.get("status"), current["status"])
         try:
             # the details as an I13 would change them (the status stays), then the status
@@ -347,7 +347,7 @@ class ReferralFhir:
 
     def update_task(self, ctx: Context, resource_id: str, resource: dict[str, Any],
                     if_match: str | None) -> tuple[dict[str, Any], bool]:
-        reason = resource.get("statusReason")
+        reason = _valid(resource).get("statusReason")
         return self.patch_task(ctx, resource_id, [
             {"op": "replace", "path": "/status", "value": resource.get("status")},
             *([{"op": "replace", "path": "/statusReason", "value": reason}]
@@ -460,6 +460,7 @@ class ReferralFhir:
     # the Bundle's other entries ---------------------------------------------------------
 
     def create_patient(self, ctx: Context, resource: dict[str, Any]) -> dict[str, Any]:
+        _valid(resource)
         ids = []
         for i in resource.get("identifier") or []:
             if not isinstance(i, dict) or not i.get("system") or not i.get("value"):
@@ -484,12 +485,25 @@ class ReferralFhir:
         return finish(out, datetime.now(UTC))
 
     def create_party(self, ctx: Context, resource: dict[str, Any]) -> dict[str, Any]:
-        kind = resource["resourceType"]
+        kind = _valid(resource)["resourceType"]
         body = {k: v for k, v in resource.items() if k not in ("id", "meta")}
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
         out = finish({**body, "id": f"{PREFIX}{digest}"}, datetime.now(UTC))
         _parties(ctx)[f"{kind}/{out['id']}"] = out
         return out
+
+
+def _valid(resource: Any) -> dict[str, Any]:
+    """What a client sent, checked against its R4 type first: a malformed resource is the
+    client's 422, never a server error."""
+    try:
+        checked(resource)
+    except InvalidResource:  # its text may quote the values sent: not in an outcome
+        kind = resource.get("resourceType") if isinstance(resource, dict) else None
+        raise FhirError(422, f"the {kind or 'resource'} is not valid FHIR R4 (an element "
+                             "of the wrong type, unknown, or a required one missing)",
+                        code="structure") from None
+    return resource
 
 
 def _bare(value: str) -> str:

@@ -206,6 +206,14 @@ async def test_bundle_refused_as_a_whole(make_engine: Any, store_url: str,
         assert r.status_code == 422 and "3457005" in r.json()["issue"][0]["diagnostics"]
         r = await gp.post("", json=bundle("DEM-13", status="completed"))
         assert r.status_code == 422
+        broken = bundle("DEM-14")
+        broken["entry"][1]["resource"]["name"] = "DUPONT"  # HumanName is a list of objects
+        r = await gp.post("", json=broken)
+        assert r.status_code == 422 and r.json()["issue"][0]["code"] == "structure", r.text
+        broken = bundle("DEM-15")
+        broken["entry"][-1]["resource"]["subject"] = "Patient/1"  # a Reference, not a string
+        r = await gp.post("", json=broken)
+        assert r.status_code == 422 and r.json()["issue"][0]["code"] == "structure", r.text
     from engine.timeline.models import patients
 
     with eng.store.engine.connect() as conn:  # the Patient entries were rolled back too
