@@ -83,6 +83,9 @@ class Engine:
         from .timeline import install as install_timeline
 
         install_timeline(self)  # the `timeline` destination type and /api/v1 (issue #5)
+        from .referrals import install as install_referrals
+
+        install_referrals(self)  # REF^I12/I13/I14 → referrals, intake's REF check (issue #14)
         from channels.outbound.dmp import set_consent_check, set_document_versions
 
         from .dmp_versions import StoreDocumentVersions

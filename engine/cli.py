@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .timeline import cli as timeline_cli  # users, care-circle, audit (issue #5)
 
     timeline_cli.add_parsers(sub)
+    from .referrals import cli as referrals_cli  # support structures, requests (issue #14)
+
+    referrals_cli.add_parsers(sub)
     return parser
 
 
@@ -214,6 +217,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .timeline import cli as timeline_cli
 
         code = timeline_cli.run(args, _settings(args))
+    elif args.command == "referrals":
+        from .referrals import cli as referrals_cli
+
+        code = referrals_cli.run(args, _settings(args))
     elif args.command in ("replay", "deliveries", "retry") or args.command == "routes":
         from . import cli_routes
 

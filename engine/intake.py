@@ -134,6 +134,9 @@ class Intake:
         self._volumes: dict[str, SenderVolume] = {}
         self.stats: dict[str, IntakeStats] = {}
         self.on_ack: Callable[[str, str | None, float], None] | None = None  # channel, code, s
+        # Content checks by MSH-9.1 (issue #14: a REF must carry what its workflow needs):
+        # (decoded text, header) → ERR segments; any makes the ACK AE/CE.
+        self.content_checks: dict[str, Callable[[str, Header], list[AckError]]] = {}
 
     def stats_for(self, channel: str) -> IntakeStats:
         s = self.stats.get(channel)
@@ -226,6 +229,10 @@ class Intake:
                 if name not in present:
                     problems.append((error, AckError.at(
                         100, f"required segment {name} is missing", name)))
+
+        check = self.content_checks.get(header.message_type)
+        if check is not None and not problems:
+            problems += [(error, e) for e in check(text, header)]
 
         arrival = self._arrival(raw, policy, remote, header, codec, text)
         if problems:

@@ -103,5 +103,7 @@ BUILTIN: dict[str, Transformer] = {
     "orm_events": _events("orm", "orm_events"),
     "siu_events": _events("siu", "siu_events"),
     "cda_events": _events("cda", "cda_events"),
+    "ref_events": _events("ref", "ref_events"),
+    "referral_response": _events("ref", "referral_response"),
     "crbio": crbio,
 }

@@ -20,7 +20,7 @@ from . import audit
 from .auth import Principal, Refusal
 from .service import Denied, Timeline
 
-EVENT_TYPES = ("stay", "movement", "result", "document", "order", "appointment")
+EVENT_TYPES = ("stay", "movement", "result", "document", "order", "appointment", "referral")
 
 
 def remote_of(request: Request) -> str | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import zlib
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -144,6 +145,17 @@ _EVENT_OBSERVATIONS = select(
     observations.c.key, observations.c.id, observations.c.message_id, observations.c.deleted,
     observations.c.status).where(observations.c.event_id == bindparam("event_id"))
 
+# Event types of other domains (issue #14's referrals), applied in the same transaction and
+# with the same idempotency as the timeline's own: type → handler(conn, patient_id, event,
+# message_id, received).
+EXTENSIONS: dict[str, Callable[[Connection, int, dict[str, Any], int, datetime], None]] = {}
+
+
+def register_event_type(
+        name: str, handler: Callable[[Connection, int, dict[str, Any], int, datetime], None]
+) -> None:
+    EXTENSIONS[name] = handler
+
 
 class Applier:
     def __init__(self, settings: TimelineSettings) -> None:
@@ -194,7 +206,7 @@ class Applier:
     def _run(self, conn: Connection, patient_id: int, todo: list[dict[str, Any]],
              message_id: int, received: datetime) -> None:
         for ev in todo:
-            handler = getattr(self, f"_{ev['type']}", None)
+            handler = getattr(self, f"_{ev['type']}", None) or EXTENSIONS.get(ev["type"])
             if handler is None:
                 raise ValueError(f"unknown event type {ev['type']!r}")
             handler(conn, patient_id, ev, message_id, received)

@@ -31,6 +31,11 @@ def install(app: FastAPI, engine: Engine) -> UI:
     app.include_router(login.build_router(ui))
     app.include_router(operator.build_router(ui))
     app.include_router(clinician.build_router(ui))
+    referrals = getattr(engine, "referrals", None)
+    if referrals is not None:  # the DAC worklist and request pages (issue #14)
+        from ..referrals.ui import build_router as referral_pages
+
+        app.include_router(referral_pages(ui, referrals))
     app.mount("/ui/static", StaticFiles(directory=str(STATIC)), name="ui-static")
 
     @app.exception_handler(LoginRequired)

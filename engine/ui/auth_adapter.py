@@ -186,6 +186,7 @@ _DETAIL_KEYS = {
     "order": ("prescriber", "placer", "status"),
     "appointment": ("start", "end", "service", "reason", "location"),
     "result": ("status",),
+    "referral": ("status", "reason", "note", "coordinator"),
 }
 
 

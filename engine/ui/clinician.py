@@ -19,7 +19,8 @@ from ..store_ids import clamp_offset, parse_store_id
 from . import auth_adapter
 from .web import UI, Forbidden, remote_of
 
-EVENT_KINDS = ("stay", "movement", "result", "document", "order", "appointment")
+EVENT_KINDS = ("stay", "movement", "result", "document", "order", "appointment",
+               "referral")
 
 
 def build_router(ui: UI) -> APIRouter:
@@ -57,7 +58,10 @@ def build_router(ui: UI) -> APIRouter:
         if view is None:
             raise Forbidden("you may not read this patient's record: it is shown only to "
                             "the clinicians of the patient's care circle")
-        return ui.render(request, "patient.html", {
+        referrals = getattr(engine, "referrals", None)  # issue #14, read once access held
+        requests = (await asyncio.to_thread(referrals.for_patient, int(patient_id))
+                    if referrals is not None else [])
+        return ui.render(request, "patient.html", {"referrals": requests,
             "p": view["patient"], "events": view["events"], "kinds": EVENT_KINDS,
             "kind": kind, "codes": view["codes"], "loinc": loinc,
             "series": view["series"], "page": view["page"], "patient_id": patient_id},

@@ -58,8 +58,9 @@ async def test_bad_requests_are_refused(fhir: Fhir) -> None:
         _outcome(await c.get("Patient/abc"), 404, "not-found")
         _outcome(await c.put("Patient/1", json={"resourceType": "Patient", "id": "1"}),
                  405, "not-supported")
-        _outcome(await c.post("Patient", json={"resourceType": "Patient"}), 405,
-                 "not-supported")
+        # Patient create exists for referral Bundles (issue #14): it needs an identifier
+        _outcome(await c.post("Patient", json={"resourceType": "Patient"}), 422,
+                 "processing", "Patient.identifier")
         _outcome(await c.post("", content=b"{not json"), 400, "structure")
         _outcome(await c.post("", json={"resourceType": "Bundle", "type": "batch"}), 422,
                  "not-supported")
@@ -129,7 +130,7 @@ async def test_capability_statement_lists_exactly_the_registry(fhir: Fhir) -> No
     by_type = {x["type"]: x for x in rest["resource"]}
     assert by_type["Binary"]["interaction"] == [{"code": "read"}]
     assert by_type["DiagnosticReport"]["searchInclude"] == ["DiagnosticReport:result"]
-    assert "interaction" not in rest  # no provider writes: no transaction advertised
+    assert rest["interaction"] == [{"code": "transaction"}]  # referrals write (issue #14)
     assert "service" not in rest["security"]
     async with fhir.client(None) as c:
         r = await c.get(".well-known/smart-configuration")

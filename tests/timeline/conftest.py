@@ -16,7 +16,7 @@ FHIR = ("hl7v2", "fhir-converter")
 DOCS = ("hl7v2", "ans", "Vague_2", "Trans_Doc-CDA-HL7V2", "TRANSMISSION_DOCS_CDA_EN_HL7V2_V2.1")
 TRANSFORMER = {"ADT": "adt_events", "ORU": "oru_events", "MDM": "mdm_events",
                "ORM": "orm_events", "OML": "orm_events", "SIU": "siu_events",
-               "CDA": "cda_events"}
+               "CDA": "cda_events", "REF": "ref_events"}
 _ids = itertools.count(1000)
 
 
