@@ -1,4 +1,4 @@
-"""The referral tables (issue #14). Migration 0011_dac builds them.
+"""The referral tables (issue #14). Migration 0012_dac builds them.
 
 On the timeline's MetaData: a referral belongs to a timeline patient, and its history rows
 are what the patient's timeline shows. Rows are never deleted: a cancellation that arrives

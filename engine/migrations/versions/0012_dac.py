@@ -1,7 +1,7 @@
 """Referrals to support structures (DAC), their history, structures and members (issue #14).
 
-Revision ID: 0011_dac
-Revises: 0010_leases
+Revision ID: 0012_dac
+Revises: 0011_fhir
 Create Date: 2026-12-02
 """
 
