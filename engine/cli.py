@@ -154,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .timeline import cli as timeline_cli  # users, care-circle, audit (issue #5)
 
     timeline_cli.add_parsers(sub)
+    from . import cli_import, cli_prune  # retention and history import (issue #16)
+
+    cli_prune.add_parsers(sub)
+    cli_import.add_parsers(sub)
     return parser
 
 
@@ -179,6 +183,10 @@ def main(argv: list[str] | None = None) -> None:
         from . import cli_messages
 
         code = cli_messages.run(args, _settings(args))
+    elif args.command in ("prune", "import"):
+        from . import cli_import, cli_prune
+
+        code = {"prune": cli_prune, "import": cli_import}[args.command].run(args, _settings(args))
     elif args.command in ("users", "care-circle", "audit", "conflicts"):
         from .timeline import cli as timeline_cli
 

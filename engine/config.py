@@ -90,6 +90,7 @@ class RouteConfig:
     stop: bool = False
     enabled: bool = True
     line: int = 0
+    history: bool = False  # also takes `parcours import --routes-as history` messages
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,8 @@ class Config:
     # Built-in transformers' settings from `transformer_options`, already validated:
     # {"crbio": CrBioSettings}. Installed by the router (apply_transformer_settings).
     transformer_settings: Mapping[str, Any] = field(default_factory=dict)
+    # `retention:` as written (schema-checked); engine.retention.from_config reads it.
+    retention: Mapping[str, Any] = field(default_factory=dict)
 
 
 def interpolate(value: str, env: Mapping[str, str]) -> str:
@@ -290,6 +293,7 @@ def load_text(
             name=r["name"], to=tuple(r["to"]), from_channels=tuple(r.get("from", [])),
             when=r.get("when") or {}, transform=tuple(r.get("transform", [])),
             stop=bool(r.get("stop", False)), enabled=bool(r.get("enabled", True)), line=line,
+            history=bool(r.get("history", False)),
         ))
     transformer_settings = _transformer_settings(data, destinations, routes, tree, file,
                                                  problems)
@@ -307,7 +311,7 @@ def load_text(
         file=file, channels=channels, destinations=destinations, routes=routes,
         evaluation=data.get("evaluation", "all"),
         transformer_paths=tuple(data.get("transformer_paths", [])), text=text,
-        transformer_settings=transformer_settings,
+        transformer_settings=transformer_settings, retention=data.get("retention") or {},
     )
 
 

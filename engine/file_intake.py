@@ -32,7 +32,9 @@ class FileIntake:
     ) -> FileOutcome:
         return await asyncio.to_thread(self._process, policy, name, data, sha256)
 
-    def _process(self, policy: IntakePolicy, name: str, data: bytes, sha256: str) -> FileOutcome:
+    def _process(self, policy: IntakePolicy, name: str, data: bytes, sha256: str,
+                 origin: str | None = None) -> FileOutcome:
+        """`origin`: "history" for `parcours import --routes-as history`."""
         known = self.store.find_file(policy.channel, name, sha256)
         if known is not None:
             # Recorded before a crash, not yet moved: finish the move, process nothing again.
@@ -44,6 +46,8 @@ class FileIntake:
         else:
             arrivals, reason = self._hl7(policy, data)
         status = "error" if reason else "archived"
+        for a in arrivals:
+            a.origin = origin
         _, saved = self.store.save_file(
             channel=policy.channel, name=name, sha256=sha256, size=len(data), status=status,
             reason=reason, arrivals=arrivals,
