@@ -27,6 +27,7 @@ pruned tables so the space is reused by new rows at once (the file does not shri
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -425,3 +426,29 @@ def parse_date(value: str) -> datetime:
     ts = datetime.fromisoformat(value.strip())
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
+
+
+async def prune_forever(store: Store, policy: Callable[[], Retention],
+                        may_run: Callable[[], bool], stop: asyncio.Event) -> None:
+    """The engine's scheduled pass, every `retention.every_minutes`. The policy is read again
+    each time (a reload may change it); `may_run` keeps it to one process of a scaled
+    deployment (the router)."""
+    while not stop.is_set():
+        minutes = policy().every_minutes
+        try:
+            await asyncio.wait_for(stop.wait(), minutes * 60 if minutes > 0 else 60)
+            return
+        except TimeoutError:
+            pass
+        current = policy()
+        if current.every_minutes <= 0 or not current.enabled or not may_run():
+            continue
+        try:
+            report = await asyncio.to_thread(Pruner(store, current).run)
+        except Exception:
+            log.exception("retention pass failed")
+            continue
+        log.info("retention pass", extra={
+            "payloads": report.payloads, "attempts": report.attempts,
+            "messages": report.messages, "bytes_freed": report.bytes_freed,
+            "longest_batch_ms": round(report.longest_batch_ms, 1)})

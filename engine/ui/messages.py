@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, String, literal_column, or_, select
 
 from ..models import deliveries, delivery_attempts, messages
 from ..store import Store
@@ -76,15 +76,20 @@ def search(store: Store, s: Search, limit: int = PAGE) -> list[dict[str, Any]]:
             q = q.where(messages.c.trigger_event == trigger)
     if s.patient:
         p = s.patient.strip()
-        # The key is "authority|id" ("INS|<NIR>" for the INS): the bare id matches too.
-        q = q.where(or_(messages.c.patient_key == p,
-                        messages.c.patient_key.like("%|" + _like_escape(p), escape="\\")))
+        # The key is "authority|id" ("INS|<NIR>" for the INS): the bare id matches too,
+        # through the expression index of migration 0011_prune (a LIKE '%|id' read every row).
+        q = q.where(or_(messages.c.patient_key == p, bare_patient_id(store.dialect) == p))
     with store.engine.connect() as conn:
         return [dict(r) for r in conn.execute(q).mappings()]
 
 
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+def bare_patient_id(dialect: str) -> ColumnElement[str]:
+    """The id after "authority|" in patient_key, written exactly as the index
+    ix_messages_patient_bare is (migration 0011_prune), so the planner uses it."""
+    find = "instr" if dialect == "sqlite" else "strpos"
+    # Literal SQL, not bound parameters: an expression index matches only the same text.
+    return literal_column(f"substr(messages.patient_key, {find}(messages.patient_key, '|') + 1)",
+                          String())
 
 
 def channels_seen(store: Store) -> list[str]:
