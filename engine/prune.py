@@ -402,8 +402,9 @@ def sqlite_incremental_vacuum(store: Store) -> str:
             if gate is not None:
                 gate.hold(dbapi)
             try:
-                conn.exec_driver_sql(f"PRAGMA incremental_vacuum({VACUUM_PAGES})")
-                conn.commit()
+                # executescript steps the PRAGMA to its end; execute() steps it once, which
+                # frees one page (Python's sqlite3 module).
+                dbapi.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
             finally:
                 if gate is not None:
                     gate.release(dbapi)
