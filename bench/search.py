@@ -60,7 +60,7 @@ def _status(i: str) -> str:
             f"WHEN {i} % 100 = 98 THEN 'rejected' ELSE 'unrouted' END)")
 
 
-def generate(store: Store, n: int, raw_bytes: int) -> float:
+def generate(store: Store, n: int, raw_bytes: int, step_s: int = STEP_S) -> float:
     started = time.perf_counter()
     sqlite = store.dialect == "sqlite"
     i = "c.i" if sqlite else "g.i"
@@ -73,13 +73,13 @@ def generate(store: Store, n: int, raw_bytes: int) -> float:
     }
     if sqlite:
         parts["received"] = (f"strftime('%Y-%m-%d %H:%M:%f', '{START:%Y-%m-%d %H:%M:%S}', "
-                             f"'+' || ({i} * {STEP_S}) || ' seconds')")
+                             f"'+' || ({i} * {step_s}) || ' seconds')")
         parts["raw"] = f"zeroblob({raw_bytes})"
         sql = (f"WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < {n}) "
                f"INSERT INTO messages ({_COLUMNS}) " + _SELECT.format(**parts) + " FROM c")
     else:
         parts["received"] = (f"(TIMESTAMPTZ '{START.isoformat()}' + {i} * INTERVAL "
-                             f"'{STEP_S} seconds')")
+                             f"'{step_s} seconds')")
         parts["raw"] = f"convert_to(repeat('x', {raw_bytes}), 'UTF8')"
         sql = (f"INSERT INTO messages ({_COLUMNS}) " + _SELECT.format(**parts)
                + f" FROM generate_series(1, {n}) AS g(i)").replace("%", "%%")  # psycopg
@@ -90,9 +90,9 @@ def generate(store: Store, n: int, raw_bytes: int) -> float:
     return time.perf_counter() - started
 
 
-def filters(n: int, rnd: random.Random) -> dict[str, Any]:
+def filters(n: int, rnd: random.Random, step_s: int = STEP_S) -> dict[str, Any]:
     """Each filter a factory: a new random value per run, as operators search."""
-    end = START + timedelta(seconds=n * STEP_S)
+    end = START + timedelta(seconds=n * step_s)
     span = (end - START).total_seconds()
 
     def day() -> Search:
@@ -122,10 +122,13 @@ def filters(n: int, rnd: random.Random) -> dict[str, Any]:
     }
 
 
-def measure(store: Store, n: int, runs: int, seed: int) -> dict[str, tuple[float, float, int]]:
+def measure(store: Store, n: int, runs: int, seed: int, step_s: int = STEP_S,
+            only: list[str] | None = None) -> dict[str, tuple[float, float, int]]:
     rnd = random.Random(seed)
     out: dict[str, tuple[float, float, int]] = {}
-    for name, make in filters(n, rnd).items():
+    for name, make in filters(n, rnd, step_s).items():
+        if only and not any(o in name for o in only):
+            continue
         search(store, make())  # warm the cache the way a second search would
         times: list[float] = []
         rows = 0
@@ -171,6 +174,10 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true",
                     help="keep the generated databases (SQLite file in ./var/bench-search.db)")
     ap.add_argument("--seed", type=int, default=16)
+    ap.add_argument("--step-seconds", type=int, default=STEP_S,
+                    help="seconds between generated messages: 30 is 1M a year, 3 the density "
+                         "of 10M a year (a day then holds ten times the rows)")
+    ap.add_argument("--filters", nargs="*", help="only the filters whose name contains one")
     args = ap.parse_args()
     results: dict[str, dict[str, tuple[float, float, int]]] = {}
     for kind in args.stores:
@@ -188,9 +195,10 @@ def main() -> None:
         else:
             store, pg_name = _pg_store(args.keep)
         store.migrate()
-        seconds = generate(store, args.messages, args.raw_bytes)
+        seconds = generate(store, args.messages, args.raw_bytes, args.step_seconds)
         print(f"{kind}: {args.messages:,} messages generated in {seconds:.1f} s", flush=True)
-        results[kind] = measure(store, args.messages, args.runs, args.seed)
+        results[kind] = measure(store, args.messages, args.runs, args.seed,
+                                args.step_seconds, args.filters)
         store.close()
         if tmp is not None:
             tmp.cleanup()

@@ -152,3 +152,10 @@ def test_scale_bench_runs_on_postgres_and_rabbitmq() -> None:
     rows = [line.split(" |")[:2] for line in out.splitlines() if line.startswith("| 1 |")
             or line.startswith("| 2 |")]
     assert rows == [["| 1", " 8"], ["| 2", " 4 + 4"]]
+
+
+def test_search_and_prune_benches_run() -> None:
+    out = run("bench/search.py", "--messages", "3000", "--runs", "3", "--stores", "sqlite")
+    assert "| control id |" in out and "| patient, bare id |" in out
+    out = run("bench/prune.py", "--messages", "2000", "--stores", "sqlite")
+    assert "pruned 2,000 messages" in out and "intake commit, during pass" in out
