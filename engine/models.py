@@ -95,13 +95,13 @@ class Message(Base):
     origin: Mapped[str | None] = mapped_column(String(16))
 
     # Migration 0011_prune also indexes the bare patient id (the part of patient_key after
-    # "authority|"), an expression index the search's patient filter uses.
+    # "authority|"), an expression index the search's patient filter uses, and, on
+    # PostgreSQL, (received_at, id).
     __table_args__ = (
         Index("ix_messages_status_id", "status", "id"),
         Index("ix_messages_channel_id", "channel", "id"),
         Index("ix_messages_type_id", "message_type", "trigger_event", "id"),
         Index("ix_messages_duplicate_of", "duplicate_of"),
-        Index("ix_messages_received_id", "received_at", "id"),
         Index("ix_messages_received_at", "received_at"),
         Index("ix_messages_patient_key", "patient_key"),
         Index("ix_messages_control_id", "control_id"),

@@ -6,8 +6,8 @@
   (only routes with `history: true` take them); NULL for live arrivals.
 - Search indexes for the message filters (engine/ui/messages.py): channel, type/trigger and
   the bare patient id (the part of `patient_key` after "authority|"), each ending in id so
-  the newest-first page is read from the index; `duplicate_of` for the pruner's reference
-  check.
+  the newest-first page is read from the index; (received_at, id) on PostgreSQL, so a date
+  range's ids come from the index alone; `duplicate_of` for the pruner's reference check.
 
 Revision ID: 0011_prune
 Revises: 0010_leases
@@ -33,8 +33,9 @@ def upgrade() -> None:
     op.create_index("ix_messages_channel_id", "messages", ["channel", "id"])
     op.create_index("ix_messages_type_id", "messages", ["message_type", "trigger_event", "id"])
     op.create_index("ix_messages_duplicate_of", "messages", ["duplicate_of"])
-    op.create_index("ix_messages_received_id", "messages", ["received_at", "id"])
     sqlite = op.get_bind().dialect.name == "sqlite"
+    if not sqlite:  # SQLite's ix_messages_received_at already holds the rowid
+        op.create_index("ix_messages_received_id", "messages", ["received_at", "id"])
     find = "instr(patient_key, '|')" if sqlite else "strpos(patient_key, '|')"
     op.execute(f"CREATE INDEX ix_messages_patient_bare ON messages "
                f"(substr(patient_key, {find} + 1))")
@@ -42,7 +43,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP INDEX ix_messages_patient_bare")
-    op.drop_index("ix_messages_received_id", "messages")
+    if op.get_bind().dialect.name != "sqlite":
+        op.drop_index("ix_messages_received_id", "messages")
     op.drop_index("ix_messages_duplicate_of", "messages")
     op.drop_index("ix_messages_type_id", "messages")
     op.drop_index("ix_messages_channel_id", "messages")
