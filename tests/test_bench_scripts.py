@@ -158,4 +158,5 @@ def test_search_and_prune_benches_run() -> None:
     out = run("bench/search.py", "--messages", "3000", "--runs", "3", "--stores", "sqlite")
     assert "| control id |" in out and "| patient, bare id |" in out
     out = run("bench/prune.py", "--messages", "2000", "--stores", "sqlite")
-    assert "pruned 2,000 messages" in out and "intake commit, during pass" in out
+    assert "pruned 1,980 messages" in out  # all but the 1 % generated 'failed'
+    assert "intake commit, during pass" in out

@@ -7,7 +7,7 @@ for a list), newest first, paged by id so a page never shifts while messages kee
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, String, literal_column, or_, select
@@ -16,6 +16,7 @@ from ..models import deliveries, delivery_attempts, messages
 from ..store import Store
 
 PAGE = 50
+NARROW_RANGE = timedelta(days=31)
 
 
 @dataclass
@@ -57,7 +58,14 @@ def search(store: Store, s: Search, limit: int = PAGE) -> list[dict[str, Any]]:
     # The page's ids first, then its rows: with only `id` to return, a filter on indexed
     # columns is answered from the index alone (a day of a busy store is tens of thousands of
     # entries, sorted for the newest 50 without reading a row); the rows are then read by id.
-    q = select(messages.c.id).order_by(messages.c.id.desc()).limit(limit)
+    newest = messages.c.id.desc()
+    if s.since and s.until and s.until - s.since <= NARROW_RANGE:
+        # A bounded range of a few weeks is read through the date index and its ids sorted;
+        # ordering by the bare id lets the planner walk the primary key from the newest and
+        # filter by date instead, which reads half the store for a range in the past
+        # (docs/benchmarks.md). `id + 0` is the same order that no index offers.
+        newest = (messages.c.id + 0).desc()
+    q = select(messages.c.id).order_by(newest).limit(limit)
     if s.before_id:
         q = q.where(messages.c.id < s.before_id)
     if s.since:
