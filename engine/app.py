@@ -216,6 +216,12 @@ class Engine:
             await self.leases.start()
             self._tasks.append(asyncio.create_task(self._route_forever(), name="router"))
             self._tasks.append(asyncio.create_task(self._sweep_forever(), name="sweeper"))
+            from .prune import prune_forever
+            from .retention import from_config
+
+            self._tasks.append(asyncio.create_task(prune_forever(
+                self.store, lambda: from_config(self.config.retention),
+                lambda: self.is_router, self._stop), name="retention"))
         if not self.is_worker:
             from .open_files import raise_soft_limit
 

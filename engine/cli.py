@@ -160,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .referrals import cli as referrals_cli  # support structures, requests (issue #14)
 
     referrals_cli.add_parsers(sub)
+    from . import cli_import, cli_prune  # retention and history import (issue #16)
+
+    cli_prune.add_parsers(sub)
+    cli_import.add_parsers(sub)
     return parser
 
 
@@ -213,6 +217,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from . import cli_messages
 
         code = cli_messages.run(args, _settings(args))
+    elif args.command in ("prune", "import"):
+        from . import cli_import, cli_prune
+
+        code = {"prune": cli_prune, "import": cli_import}[args.command].run(args, _settings(args))
     elif args.command in ("users", "care-circle", "audit", "conflicts"):
         from .timeline import cli as timeline_cli
 

@@ -88,7 +88,7 @@ def cmd_routes_test(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from .router import Router
+    from .router import PrunedMessage, Router
     from .store import Store
     from .transformer_registry import Registry
 
@@ -101,6 +101,10 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     for mid in args.message_ids:
         try:
             n, _ = router.replay(mid)
+        except PrunedMessage as exc:
+            print(exc, file=sys.stderr)
+            code = 1
+            continue
         except KeyError:
             print(f"message {mid}: not found", file=sys.stderr)
             code = 1

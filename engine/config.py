@@ -105,6 +105,7 @@ class RouteConfig:
     stop: bool = False
     enabled: bool = True
     line: int = 0
+    history: bool = False  # also takes `parcours import --routes-as history` messages
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,8 @@ class Config:
     # {"crbio": CrBioSettings}. Installed by the router (apply_transformer_settings).
     transformer_settings: Mapping[str, Any] = field(default_factory=dict)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    # `retention:` as written (schema-checked); engine.retention.from_config reads it.
+    retention: Mapping[str, Any] = field(default_factory=dict)
 
 
 def interpolate(value: str, env: Mapping[str, str]) -> str:
@@ -301,6 +304,7 @@ def load_text(
         transformer_paths=tuple(data.get("transformer_paths", [])), text=text,
         transformer_settings=transformer_settings,
         limits=LimitsConfig(**(data.get("limits") or {})),
+        retention=data.get("retention") or {},
     )
 
 
@@ -370,6 +374,7 @@ def _check_routes(data: Mapping[str, Any], tree: Any, file: str, channel_names: 
             name=name, to=tuple(d for _, d in to), from_channels=tuple(c for _, c in sources),
             when=when, transform=tuple(t for _, t in transform),
             stop=bool(r.get("stop", False)), enabled=bool(r.get("enabled", True)), line=line,
+            history=bool(r.get("history", False)),
         ))
     return routes
 

@@ -33,7 +33,9 @@ class FileIntake:
     ) -> FileOutcome:
         return await asyncio.to_thread(self._process, policy, name, data, sha256)
 
-    def _process(self, policy: IntakePolicy, name: str, data: bytes, sha256: str) -> FileOutcome:
+    def _process(self, policy: IntakePolicy, name: str, data: bytes, sha256: str,
+                 origin: str | None = None) -> FileOutcome:
+        """`origin`: "history" for `parcours import --routes-as history`."""
         known = self.store.find_file(policy.channel, name, sha256)
         if known is not None:
             # Recorded before a crash, not yet moved: finish the move, process nothing again.
@@ -47,6 +49,7 @@ class FileIntake:
         status = "error" if reason else "archived"
         for a in arrivals:  # issue #17: a refused file keeps its head, not all of it
             keep_head(a, policy.max_stored_bytes)
+            a.origin = origin
         if policy.daily_volume_alarm_bytes is not None:
             self.intake.volume_of(policy).add(f"folder {policy.channel}", len(data))
         _, saved = self.store.save_file(

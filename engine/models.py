@@ -87,9 +87,21 @@ class Message(Base):
     # channel's on_reused_control_id). No foreign key, so the column is a plain ADD COLUMN.
     reuse_of: Mapped[int | None] = mapped_column(BigId)
     file_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("inbound_files.id"))
+    # Set by a retention pass that dropped the raw bytes and the delivery payloads (issue
+    # #16, engine/prune.py); the metadata above stays searchable. Migration 0013_prune.
+    pruned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # "history" for messages loaded by `parcours import --routes-as history`: only routes
+    # with `history: true` take them (engine/history_import.py). NULL for live arrivals.
+    origin: Mapped[str | None] = mapped_column(String(16))
 
+    # Migration 0013_prune also indexes the bare patient id (the part of patient_key after
+    # "authority|"), an expression index the search's patient filter uses, and, on
+    # PostgreSQL, (received_at, id).
     __table_args__ = (
         Index("ix_messages_status_id", "status", "id"),
+        Index("ix_messages_channel_id", "channel", "id"),
+        Index("ix_messages_type_id", "message_type", "trigger_event", "id"),
+        Index("ix_messages_duplicate_of", "duplicate_of"),
         Index("ix_messages_received_at", "received_at"),
         Index("ix_messages_patient_key", "patient_key"),
         Index("ix_messages_control_id", "control_id"),

@@ -40,7 +40,7 @@ ROUTER_LOCK_ID = 0x5041_5243  # "PARC": advisory lock electing the one routing p
 _ROUTING_COLUMNS = [messages.c[name] for name in (
     "id", "channel", "raw", "charset", "received_at", "remote", "message_type",
     "trigger_event", "control_id", "sending_application", "sending_facility", "patient_key",
-    "application_ack_type",
+    "application_ack_type", "origin",
 )]
 
 
@@ -107,6 +107,7 @@ def exchange_from_row(row: dict[str, Any]) -> Exchange:
         "charset": charset if charset != "xml" else "utf-8",
         "received_at": received.isoformat() if hasattr(received, "isoformat") else received,
         "received_date": received.strftime("%Y-%m-%d") if hasattr(received, "strftime") else None,
+        "origin": row.get("origin"),
     }
     return Exchange(message_id=int(row.get("id") or 0), channel=row.get("channel") or "",
                     raw=raw, text=text_value, message=message, headers=headers,
@@ -137,6 +138,14 @@ def exchange_from_bytes(raw: bytes, channel: str = "test") -> Exchange:
     return exchange_from_row(row)
 
 
+class PrunedMessage(Exception):
+    """Its raw bytes were dropped by retention (engine/prune.py): nothing left to route."""
+
+    def __str__(self) -> str:
+        return (f"message {self.args[0]}: its raw bytes were removed by retention "
+                "(parcours prune); it cannot be routed again")
+
+
 def _first_component(value: str) -> str:
     return value.split("^", 1)[0]
 
@@ -157,6 +166,8 @@ class CompiledRoute:
         """None when the route matches; else a sentence saying which test failed."""
         if not self.cfg.enabled:
             return "route is disabled"
+        if ex.headers.get("origin") == "history" and not self.cfg.history:
+            return "imported history takes only routes with history: true"
         if self.cfg.from_channels and ex.channel not in self.cfg.from_channels:
             return f"channel {ex.channel!r} is not in from: {list(self.cfg.from_channels)}"
         for key, allowed in self.match_values.items():
@@ -360,6 +371,8 @@ class Router:
             if found is None:
                 raise KeyError(message_id)
             r = dict(found)
+            if r.get("pruned_at") is not None:
+                raise PrunedMessage(message_id)
             gen = conn.execute(select(func.max(deliveries.c.generation))
                                .where(deliveries.c.message_id == message_id)).scalar()
             generation = 0 if gen is None else int(gen) + 1

@@ -118,6 +118,7 @@ class Arrival:
     on_reuse: str = ReusePolicy.PROCESS
     refusal: RefusalBuilder | None = None  # with on_reuse "refuse"
     reuse_of: int | None = None  # set by the store: the first message under this id
+    origin: str | None = None  # "history" for `parcours import --routes-as history`
 
     def row(self) -> dict[str, Any]:
         row = self._row()
@@ -161,6 +162,8 @@ class Arrival:
             "content_digest": self.digest,
             "reuse_of": self.reuse_of,
             "file_id": self.file_id,
+            "pruned_at": None,
+            "origin": self.origin,
         }
 
     def content_digest(self) -> str:
@@ -198,6 +201,11 @@ class _Known:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
+    # Freed pages go back to the file system on `incremental_vacuum` (engine/prune.py). It
+    # takes effect only on a database that has no table yet, so it is set on every connect
+    # before anything is created; an older file keeps its mode until `parcours prune
+    # --vacuum` (docs/operations.md).
+    cur.execute("PRAGMA auto_vacuum=INCREMENTAL")
     cur.execute("PRAGMA journal_mode=WAL")
     # FULL (default): a committed transaction survives power loss, which is what an ACK
     # promises. NORMAL (PARCOURS_SQLITE_SYNCHRONOUS=NORMAL) survives a crash of the engine

@@ -161,3 +161,11 @@ def test_fhir_observations_bench_runs() -> None:
     assert rows == ["| patient=1&code=http://loinc.org|2345-7",
                     "| patient=1&code=2345-7 (any system)", "| patient=1 (every code)"]
     assert "| audit row committed |" in out
+
+
+def test_search_and_prune_benches_run() -> None:
+    out = run("bench/search.py", "--messages", "3000", "--runs", "3", "--stores", "sqlite")
+    assert "| control id |" in out and "| patient, bare id |" in out
+    out = run("bench/prune.py", "--messages", "2000", "--stores", "sqlite")
+    assert "pruned 1,980 messages" in out  # all but the 1 % generated 'failed'
+    assert "intake commit, during pass" in out

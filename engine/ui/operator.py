@@ -202,6 +202,11 @@ def build_router(ui: UI) -> APIRouter:
         if row is None:
             return ui.render(request, "error.html", {"title": "Not found",
                              "message": f"No message {message_id}."}, status=404, session=s)
+        if row.get("pruned_at") is not None:
+            return ui.render(request, "error.html", {"title": "Payload removed",
+                             "message": f"Message {message_id}: its raw bytes were removed by "
+                                        "retention; it cannot be reprocessed."},
+                             status=409, session=s)
         n, parts = await asyncio.to_thread(engine.router.replay, message_id)
         for p in parts:
             engine.bus.notify(p)
