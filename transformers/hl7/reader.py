@@ -190,6 +190,8 @@ class Segment:
         raw = self._pick(n, repetition, None, None)
         if not raw or raw == NULL:
             return []
+        if self.name == "MSH" and n in (1, 2):
+            return [raw]  # the delimiters themselves, not components (§2.14.9.1-2)
         return [unescape(c, self._enc, self._charset) if c != NULL else ""
                 for c in raw.split(self._enc.component)]
 
