@@ -66,3 +66,9 @@ def test_msh2_components_are_the_delimiters_themselves() -> None:
     msh = Message.parse("MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5\r").msh
     assert msh.components(2) == ["^~\\&"] == [msh.get(2, 1, 1)]
     assert msh.components(1) == ["|"]
+
+
+def test_msh2_is_never_unescaped() -> None:
+    """MSH-2 holds the escape character itself: reading it must not decode it."""
+    msh = Message.parse("MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5\r").msh
+    assert msh.get(2) == "^~\\&" and msh.get(2, 1, 1) == "^~\\&"

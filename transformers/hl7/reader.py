@@ -147,6 +147,8 @@ class Segment:
         """Decoded value of one field/repetition/component/subcomponent, '' when absent or
         an explicit null (`is_null` says which)."""
         raw = self._pick(n, repetition, component, subcomponent)
+        if self.name == "MSH" and n in (1, 2):
+            return raw  # the delimiters themselves: nothing in them is an escape (§2.14.9.2)
         return unescape(raw, self._enc, self._charset) if raw and raw != NULL else ""
 
     def is_null(
