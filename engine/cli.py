@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command in ("serve", "work"):
+        from .allocator import bound_allocator  # long-running processes (docs/fuzzing.md)
+
+        bound_allocator()
     if args.command == "serve":
         code = cmd_serve(args)
     elif args.command == "work":

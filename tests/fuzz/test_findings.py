@@ -72,3 +72,12 @@ def test_msh2_is_never_unescaped() -> None:
     """MSH-2 holds the escape character itself: reading it must not decode it."""
     msh = Message.parse("MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5\r").msh
     assert msh.get(2) == "^~\\&" and msh.get(2, 1, 1) == "^~\\&"
+
+
+def test_the_allocator_is_bounded_on_glibc_and_can_be_switched_off() -> None:
+    import sys
+
+    from engine.allocator import bound_allocator
+
+    assert bound_allocator({"PARCOURS_BOUND_ALLOCATOR": "0"}) is False
+    assert bound_allocator({}) is sys.platform.startswith("linux")
