@@ -236,6 +236,11 @@ def load_text(
         char = exc.character if isinstance(exc.character, int) else ord(exc.character)
         raise ConfigError([Problem(file, line, col, f"YAML syntax: character U+{char:04X} "
                                    "is not allowed in a YAML file")]) from None
+    except TypeError:
+        # ruamel builds a mapping whose key is a list or a mapping (`[a]: 1`, `? {a: 1}`) and
+        # fails hashing it, before any mark is known; no routes.yaml key is ever one.
+        raise ConfigError([Problem(file, 1, 1, "YAML: a mapping key is a list or a mapping; "
+                                   "keys in routes.yaml are names")]) from None
     if not isinstance(tree, CommentedMap):
         raise ConfigError([Problem(file, 1, 1, "the file must be a mapping with version, "
                                                "channels, destinations and routes")])

@@ -7,7 +7,7 @@ from lxml import etree
 
 from engine.config import ConfigError, load_text
 from engine.router import exchange_from_bytes
-from fuzz.seeds import MINIMAL_ORU
+from fuzz.seeds import MINIMAL_ORU, ROOT
 from transformers.cda.to_crbio import to_crbio
 from transformers.events.common import hl7_time
 from transformers.hl7.ack import AckError, build_ack_bytes
@@ -81,3 +81,12 @@ def test_the_allocator_is_bounded_on_glibc_and_can_be_switched_off() -> None:
 
     assert bound_allocator({"PARCOURS_BOUND_ALLOCATOR": "0"}) is False
     assert bound_allocator({}) is sys.platform.startswith("linux")
+
+
+
+def test_a_key_ruamel_cannot_hash_is_a_problem_not_a_traceback() -> None:
+    """The fuzzer's input: a `?` complex key whose value ruamel fails to hash (TypeError)."""
+    path = ROOT / "fuzz/regressions/routes_loader/crash-960cc3fa44e5ba88455a02b646af9c6e00357b80"
+    with pytest.raises(ConfigError) as err:
+        load_text(path.read_text(errors="replace"), env={"PARCOURS_TEST": "1"})
+    assert "mapping key" in str(err.value)
