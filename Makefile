@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench clean soak
+.PHONY: run test lint bench clean soak fuzz
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -25,6 +25,19 @@ lint: $(STAMP)
 
 soak: $(STAMP)
 	PARCOURS_SOAK=1 $(BIN)/python -m pytest -q -ra -m slow $(PYTEST_ARGS)
+
+# Coverage-guided fuzzing (docs/fuzzing.md): each harness for FUZZ_SECONDS and/or FUZZ_RUNS.
+FUZZ_SECONDS ?= 60
+FUZZ_RUNS ?=
+FUZZ_HARNESSES ?=
+FUZZ_STAMP := $(VENV)/.fuzz-installed
+
+$(FUZZ_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,fuzz]'
+	touch $(FUZZ_STAMP)
+
+fuzz: $(FUZZ_STAMP)
+	FUZZ_SECONDS='$(FUZZ_SECONDS)' FUZZ_RUNS='$(FUZZ_RUNS)' $(BIN)/python -m fuzz.run $(FUZZ_HARNESSES)
 
 bench: $(STAMP)
 	$(BIN)/python bench/intake.py

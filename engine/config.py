@@ -18,6 +18,7 @@ import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.reader import ReaderError
 
 SCHEMA_PATH = Path(__file__).with_name("routes.schema.json")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -246,6 +247,19 @@ def load_text(
         line = mark.line + 1 if mark else 1
         col = mark.column + 1 if mark else 1
         raise ConfigError([Problem(file, line, col, f"YAML syntax: {exc.problem}")]) from None
+    except ReaderError as exc:
+        # YAML 1.2 §5.1: control characters (NUL, …) may not appear in a YAML stream.
+        before = text[: exc.position]
+        line = before.count("\n") + 1
+        col = exc.position - (before.rfind("\n") + 1) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise ConfigError([Problem(file, line, col, f"YAML syntax: character U+{char:04X} "
+                                   "is not allowed in a YAML file")]) from None
+    except TypeError:
+        # ruamel builds a mapping whose key is a list or a mapping (`[a]: 1`, `? {a: 1}`) and
+        # fails hashing it, before any mark is known; no routes.yaml key is ever one.
+        raise ConfigError([Problem(file, 1, 1, "YAML: a mapping key is a list or a mapping; "
+                                   "keys in routes.yaml are names")]) from None
     if not isinstance(tree, CommentedMap):
         raise ConfigError([Problem(file, 1, 1, "the file must be a mapping with version, "
                                                "channels, destinations and routes")])

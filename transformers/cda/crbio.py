@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -164,14 +165,24 @@ class CrBioRequest:
     extra_ids: dict[str, str] = field(default_factory=dict)
 
 
+# XML 1.0 §2.2 Char: what a document may contain. HL7 v2 fields may carry any other control
+# character (a sender's bug, or a \X01\ escape); lxml refuses them, so they are dropped.
+_NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_text(value: str) -> str:
+    """`value` without the characters XML 1.0 cannot carry."""
+    return _NOT_XML_CHAR.sub("", value)
+
+
 def _el(parent: etree._Element, tag: str, attrs: dict[str, str] | None = None,
         text: str | None = None) -> etree._Element:
     e = etree.SubElement(parent, f"{{{V3}}}{tag}")
     for k, v in (attrs or {}).items():
         if v is not None and v != "":
-            e.set(k, v)
+            e.set(k, xml_text(v))
     if text:
-        e.text = text
+        e.text = xml_text(text)
     return e
 
 

@@ -40,8 +40,13 @@ def hl7_time(value: str, zone: ZoneInfo = DEFAULT_ZONE) -> str | None:
         if pos > 0:
             tz = value[pos + 1:]
             value = value[:pos]
-            if len(tz) == 4 and tz.isdigit():
-                delta = timedelta(hours=int(tz[:2]), minutes=int(tz[2:]))
+            if len(tz) == 4 and tz.isascii() and tz.isdigit():
+                # HL7 v2.5.1 §2.A.22 DTM: +/-HHMM; an offset of a day or more is no time
+                # zone (and `timezone` refuses it), so the whole value is unreadable.
+                hours, minutes = int(tz[:2]), int(tz[2:])
+                if hours > 23 or minutes > 59:
+                    return None
+                delta = timedelta(hours=hours, minutes=minutes)
                 offset = timezone(delta if sign == "+" else -delta)
             break
     value = value.split(".", 1)[0]

@@ -45,7 +45,13 @@ def encoding_from_msh(msh: str) -> Encoding:
     field = msh[3]
     end = msh.find(field, 4)
     chars = msh[4:end] if end >= 0 else msh[4:]
-    if len(chars) < 4 or field.isalnum() or len(set(chars[:4] + field)) != 5:
+    delimiters = field + chars[:5]
+    # HL7 v2.5.1 §2.5.4 / v2.7 §2.5.5.2: MSH-1 and the four (five with truncation) MSH-2
+    # characters are distinct. They must not be letters or digits either: escape sequences
+    # (§2.7: \F\ \S\ \T\ \X41\ …) and segment names are made of those, so an escape
+    # character "T" could not be told from the sequence that names the subcomponent one.
+    if (len(chars) < 4 or len(set(delimiters)) != len(delimiters)
+            or any(c.isalnum() for c in delimiters)):
         raise HL7ReadError("MSH-2 encoding characters are missing or malformed")
     return Encoding(
         field=field,
@@ -53,7 +59,7 @@ def encoding_from_msh(msh: str) -> Encoding:
         repetition=chars[1],
         escape=chars[2],
         subcomponent=chars[3],
-        truncation=chars[4] if len(chars) > 4 and chars[4] not in (field,) else "",
+        truncation=chars[4] if len(chars) > 4 else "",
     )
 
 
@@ -141,6 +147,8 @@ class Segment:
         """Decoded value of one field/repetition/component/subcomponent, '' when absent or
         an explicit null (`is_null` says which)."""
         raw = self._pick(n, repetition, component, subcomponent)
+        if self.name == "MSH" and n in (1, 2):
+            return raw  # the delimiters themselves: nothing in them is an escape (§2.14.9.2)
         return unescape(raw, self._enc, self._charset) if raw and raw != NULL else ""
 
     def is_null(
@@ -190,6 +198,8 @@ class Segment:
         raw = self._pick(n, repetition, None, None)
         if not raw or raw == NULL:
             return []
+        if self.name == "MSH" and n in (1, 2):
+            return [raw]  # the delimiters themselves, not components (§2.14.9.1-2)
         return [unescape(c, self._enc, self._charset) if c != NULL else ""
                 for c in raw.split(self._enc.component)]
 
