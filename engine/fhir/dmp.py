@@ -271,20 +271,21 @@ class Consultation:
         try:
             result = asyncio.run(call())
         except DMPUnavailable as exc:
-            self._audit(ctx, action, acc.patient_id, "failed", detail | {"error": exc.code})
+            self._audit(ctx, action, acc.patient_id, "error", detail | {"error": exc.code})
             if "Timeout" in exc.code:
                 raise FhirError(504, f"the DMP did not answer within {conn.config.timeout:g} s"
                                 f" ({transaction})", code="timeout") from None
             raise FhirError(502, f"the DMP could not be reached ({transaction}: {exc.code})",
                             code="transient") from None
         except SoapError as exc:
-            self._audit(ctx, action, acc.patient_id, "failed", detail | {"error": "SOAPFault"})
+            self._audit(ctx, action, acc.patient_id, "error", detail | {"error": "SOAPFault"})
             log.warning("DMP %s: unexpected answer: %s", transaction, str(exc)[:200])
             raise FhirError(502, f"the DMP's answer to {transaction} was not understood",
                             code="exception") from None
         codes = [e.code for e in result.result.errors]
         if not result.result.ok and result.result.status != PARTIAL:
-            self._audit(ctx, action, acc.patient_id, "refused", detail | {"dmp_codes": codes})
+            # The DMP refused (its codes in the detail): the reader got a refusal.
+            self._audit(ctx, action, acc.patient_id, "denied", detail | {"dmp_codes": codes})
             raise _refusal(transaction, result)
         self._audit(ctx, action, acc.patient_id, outcome, detail | (
             {"dmp_codes": codes} if codes else {}))

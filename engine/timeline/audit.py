@@ -28,7 +28,9 @@ from sqlalchemy.engine import Engine
 from .auth import Principal, Refusal
 from .models import audit_log
 
-OUTCOMES = ("allowed", "denied", "not_found", "error")
+# What the reader actually got; `break_glass` is an access the reader's ordinary rights would
+# not have given (the DMP's bris de glace, engine/fhir/dmp.py), kept apart for review.
+OUTCOMES = ("allowed", "denied", "not_found", "error", "break_glass")
 
 
 

@@ -311,7 +311,7 @@ async def test_dmp_refusals_are_operation_outcomes(fhir_dmp: Fhir, sim: Any, set
     assert says in outcome(r, status)
     assert INS not in r.text  # the DMP's context may name the patient: never repeated
     action, result, detail = audit_rows(fhir_dmp)[-1]
-    assert (action, result, detail["dmp_codes"]) == ("fhir.dmp.search", "refused", [says])
+    assert (action, result, detail["dmp_codes"]) == ("fhir.dmp.search", "denied", [says])
 
 
 @pytest.mark.parametrize("failure, code, says", [
@@ -326,7 +326,7 @@ async def test_a_broken_dmp_is_a_502(fhir_dmp: Fhir, sim: Any, failure: str, cod
         r = await c.get("DocumentReference", params={"patient": pid, "_source": "dmp"})
     assert says in outcome(r, 502)
     assert r.json()["issue"][0]["code"] == code
-    assert audit_rows(fhir_dmp)[-1][:2] == ("fhir.dmp.search", "failed")
+    assert audit_rows(fhir_dmp)[-1][:2] == ("fhir.dmp.search", "error")
 
 
 async def test_a_dmp_that_does_not_answer_is_a_504(fhir_dmp: Fhir, sim: Any) -> None:
@@ -340,7 +340,7 @@ async def test_a_dmp_that_does_not_answer_is_a_504(fhir_dmp: Fhir, sim: Any) -> 
         sim.state.stall_seconds = 0.0
     assert "did not answer within 1 s" in outcome(r, 504)
     assert r.json()["issue"][0]["code"] == "timeout"
-    assert audit_rows(fhir_dmp)[-1][1:] == ("failed", {"error": "ReadTimeout", "mode": "normal",
+    assert audit_rows(fhir_dmp)[-1][1:] == ("error", {"error": "ReadTimeout", "mode": "normal",
                                                        "transaction": "ITI-18"})
 
 
