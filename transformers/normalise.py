@@ -12,6 +12,7 @@ Pure functions on plain data: the engine composes this transformer, it never imp
 
 from __future__ import annotations
 
+import weakref
 from decimal import Decimal
 from functools import lru_cache
 
@@ -224,7 +225,10 @@ def _derive_flag(
 
 
 _Plan = tuple[LoincTerm, str, Decimal, Decimal, tuple[str, ...]]
-_plans: dict[tuple[int, str, str], _Plan | str] = {}
+# Plans per policy object, dropped with it: keyed by id(policy), a later policy allocated at a
+# freed one's address would have read the plans of another policy (another set of equations).
+_plans: weakref.WeakKeyDictionary[CanonicalPolicy, dict[tuple[str, str], _Plan | str]] = (
+    weakref.WeakKeyDictionary())
 
 
 def _unit_plan(policy: CanonicalPolicy, term: LoincTerm, raw_unit: str) -> _Plan | str:
@@ -234,12 +238,15 @@ def _unit_plan(policy: CanonicalPolicy, term: LoincTerm, raw_unit: str) -> _Plan
     Cached per (policy, code, unit as written): a laboratory sends the same few hundred
     code/unit pairs all day, so UCUM parsing and pint run once per pair, not per result.
     """
-    key = (id(policy), term.code, raw_unit)
-    plan = _plans.get(key)
+    plans = _plans.get(policy)
+    if plans is None:
+        plans = _plans[policy] = {}
+    key = (term.code, raw_unit)
+    plan = plans.get(key)
     if plan is None:
-        if len(_plans) > 100_000:  # bounded memory, whatever senders send
-            _plans.clear()
-        plan = _plans[key] = _compute_plan(policy, term, raw_unit)
+        if len(plans) > 100_000:  # bounded memory, whatever senders send
+            plans.clear()
+        plan = plans[key] = _compute_plan(policy, term, raw_unit)
     return plan
 
 

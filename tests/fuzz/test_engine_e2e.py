@@ -17,7 +17,10 @@ from fuzz.engine_e2e import fuzz_engine, spawn_engine
 from tests.conftest import ROOT, corpus
 
 FRAMES = 1500
-RSS_BOUND_MB = 40
+# Growth over these 1,500 cases after the warm-up (serve + worker, SQLite): 35–54 MiB seen on
+# 2026-12-02 (first-use imports and caches land in it), 151 MiB without engine/allocator.py's
+# arena bound — the bound sits between, so the known growth fails it and noise does not.
+RSS_BOUND_MB = 100
 
 
 @pytest.mark.timeout(600)

@@ -16,7 +16,7 @@ from fuzz.targets import NAMES, load
 REGRESSIONS = Path(__file__).resolve().parents[2] / "fuzz" / "regressions"
 CASES = sorted((name, path) for name in NAMES
                for path in (REGRESSIONS / name).glob("*") if path.is_file()
-               and path.name != "README.md")
+               and path.name not in ("README.md", ".gitkeep"))
 
 
 def test_every_harness_has_a_regression_folder() -> None:
