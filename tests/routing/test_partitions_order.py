@@ -18,7 +18,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -31,7 +31,6 @@ from tests.routing.test_rabbitmq import (
     Recorder,
     adt,
     by_patient,
-    fresh_vhost,
     wait_all_done,
 )
 from transformers.hl7.ack import read_ack
@@ -61,17 +60,6 @@ def mllp_destination(port: int, on_ae: str) -> str:
 
 def http_destination(url: str) -> str:
     return f"    type: http\n    url: {url}\n    timeout: 5\n" + FAST_RETRY
-
-
-@pytest.fixture(params=["embedded", "scaled"])
-def stack(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
-    """make_engine keyword arguments: embedded default, or PostgreSQL + RabbitMQ."""
-    if request.param == "embedded":
-        yield {}
-        return
-    pg_url = request.getfixturevalue("pg_url")
-    with fresh_vhost() as broker_url:
-        yield {"store_url": pg_url, "broker_url": broker_url}
 
 
 class WebPeer:

@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -81,18 +80,6 @@ def mllp_out(port: int, window: int | None) -> str:
     w = f"    window: {window}\n" if window else ""
     return (f"    type: mllp\n    host: 127.0.0.1\n    port: {port}\n    timeout: 5\n"
             f"    on_ae: retry\n{w}" + FAST_RETRY)
-
-
-@pytest.fixture(params=["embedded", "scaled"])
-def stack(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
-    from tests.routing.test_rabbitmq import fresh_vhost
-
-    if request.param == "embedded":
-        yield {}
-        return
-    pg_url = request.getfixturevalue("pg_url")
-    with fresh_vhost() as broker_url:
-        yield {"store_url": pg_url, "broker_url": broker_url}
 
 
 @pytest.mark.timeout(120)
