@@ -297,6 +297,13 @@ class _Connection(asyncio.Protocol):
         self._reserved = 0  # bytes of the shared unfinished-frame budget this one holds
         self._frame_since: float | None = None  # when the frame in progress started
         self._frame_timer: asyncio.TimerHandle | None = None
+        # Lingering close: we stopped listening while the peer may still be writing (its
+        # frame was over the memory budget). Closing a socket with unread bytes makes the
+        # kernel send a reset, which can destroy the AR before the peer reads it; so we
+        # answer, half-close, and discard what still comes until EOF or LINGER_S.
+        self._lingering = False
+        self._peer_eof = False
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     def _extra(self, **fields: Any) -> dict[str, Any]:
         return {
@@ -375,6 +382,8 @@ class _Connection(asyncio.Protocol):
             self._idle_timer.cancel()
         if self._frame_timer is not None:
             self._frame_timer.cancel()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         self._release_reserved()
         if self._decoder.pending() and self._stopping:
             log.info(
@@ -591,6 +600,9 @@ class _Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         if not self._admitted:
             return False
+        self._peer_eof = True
+        if self._linger_timer is not None:
+            return False  # answered and half-closed already: the transport closes now
         self._input_ended()
         # Keep the socket open for the replies still owed (a sender may half-close after
         # its last message); _pump closes it once they are written. TLS cannot half-close.
@@ -606,7 +618,10 @@ class _Connection(asyncio.Protocol):
         self._backlog.extend(_Ended(e, reason) for e in self._decoder.close()
                              if isinstance(e, Truncated))
         self._release_reserved()
-        if self.transport is not None and not self.transport.is_closing():
+        if reason in _LINGER_REASONS and not self._peer_eof:
+            self._lingering = True
+            self._resume_reading()  # data_received discards what comes from now on
+        elif self.transport is not None and not self.transport.is_closing():
             self._pause_reading()
         self._pump()
 
@@ -739,9 +754,22 @@ class _Connection(asyncio.Protocol):
             self._pumping = False
         if self._read_done or (self._eof and not self._backlog):
             if not self._owed and self.transport is not None and not self.transport.is_closing():
-                self.transport.close()
+                self._close_transport()
         elif self._in_flight < self.server.max_in_flight and not self._backlog:
             self._resume_reading()
+
+    def _close_transport(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        if self._linger_timer is not None:
+            return  # half-closed already: waiting for the peer's EOF or the linger timer
+        if not self._lingering or self._peer_eof:
+            transport.close()
+            return
+        self._broken = True
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._linger_timer = self.loop.call_later(LINGER_S, transport.close)
 
     def _write_ready(self) -> None:
         owed = self._owed
@@ -808,6 +836,14 @@ class _Connection(asyncio.Protocol):
             elif asyncio.isfuture(item):
                 item.add_done_callback(_consume_result)
         self._in_flight = 0
+
+
+#: Why we stop listening to a peer that is probably still writing, so we linger before
+#: closing (see ``_Connection._lingering``); idle and frame timeouts close at once: that peer
+#: is silent or trickling, and its descriptor is what the limits are there to free.
+_LINGER_REASONS = frozenset({"over_budget"})
+#: How long a lingering connection is kept for the peer to finish writing and read its answer.
+LINGER_S = 5.0
 
 
 class _Ended:

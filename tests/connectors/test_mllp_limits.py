@@ -169,6 +169,31 @@ async def test_a_connection_whose_head_does_not_fit_is_answered_and_closed() -> 
         b.close()
 
 
+async def test_a_peer_still_writing_after_its_answer_reads_it_without_a_reset() -> None:
+    """Its frame over the budget, the peer is answered AR while it is still sending: the
+    listener half-closes and discards the rest instead of closing with unread bytes (which
+    makes the kernel reset the connection, and the peer lose the AR)."""
+    shared = SharedLimits(pending_frame_bytes=1024 * 1024)
+    cuts = Cuts()
+    async with serving(on_cut=cuts, shared=shared) as server:
+        _, a = await open_raw(server)
+        a.write(b"\x0b" + MSH + b"x" * (1024 * 1024 - 200))  # the whole budget
+        await a.drain()
+        await until(lambda: shared.pending >= 1024 * 1024 - 200)
+        b_reader, b = await open_raw(server)
+        b.write(b"\x0b" + MSH)
+        for _ in range(16):  # 16 MiB more, well after the answer was written
+            b.write(b"y" * 1024 * 1024)
+            await b.drain()
+        b.write(b"\x1c\r")
+        b.write_eof()
+        data = await closed_by_server(b_reader)
+        assert data.count(b"MSA|AR") == 1
+        assert cuts.seen[0][0] == "over_budget"
+        a.close()
+        b.close()
+
+
 def test_decoder_cut_keeps_the_head_and_reports_it() -> None:
     d = FrameDecoder(max_frame_bytes=1_000_000)
     assert d.feed(b"\x0b" + MSH + b"z" * 200_000) == []
