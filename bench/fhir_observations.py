@@ -34,7 +34,7 @@ from sqlalchemy import text  # noqa: E402
 
 from engine.fhir import default_registry  # noqa: E402
 from engine.fhir.router import build_router  # noqa: E402
-from engine.store import Store  # noqa: E402
+from engine.store.database import Store  # noqa: E402
 from engine.timeline import Timeline, TimelineSettings, auth  # noqa: E402
 
 CODES = ["2345-7", "14749-6", "2160-0", "14682-9", "3091-6", "2951-2", "2823-3", "2075-0",

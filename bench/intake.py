@@ -123,7 +123,7 @@ class Server:
                 f"    port: {self.port}\ndestinations: {{}}\nroutes: []\n"
             )
             http = free_port()
-            cmd = [sys.executable, "-c", "from engine.cli import main; main()", "serve",
+            cmd = [sys.executable, "-c", "from engine.cli.main import main; main()", "serve",
                    "--home", self.tmp, "--host", "127.0.0.1", "--http-port", str(http),
                    "--routes", str(routes), "--log-level", "WARNING"]
             if self.store_url:
@@ -155,7 +155,7 @@ class Server:
 async def serve_listener(port: int, decide: bool) -> None:
     sys.path.insert(0, str(ROOT))
     from connectors.mllp.server import MLLPServer, Peer
-    from engine.intake import Intake, IntakePolicy
+    from engine.intake.handler import Intake, IntakePolicy
 
     loop = asyncio.get_running_loop()
     intake = Intake(None)  # type: ignore[arg-type]  # decide() never touches the committer

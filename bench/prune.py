@@ -22,10 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.search import _drop_pg, _pg_store, generate  # noqa: E402
-from engine.models import MessageStatus  # noqa: E402
-from engine.prune import Pruner  # noqa: E402
-from engine.retention import payloads_only  # noqa: E402
-from engine.store import Arrival, Store  # noqa: E402
+from engine.store.database import Arrival, Store  # noqa: E402
+from engine.store.models import MessageStatus  # noqa: E402
+from engine.store.prune import Pruner  # noqa: E402
+from engine.store.retention import payloads_only  # noqa: E402
 
 RAW = (b"MSH|^~\\&|LAB|H|PARCOURS|X|20260101120000||ORU^R01|X|P|2.5.1\rPID|||1^^^H^PI\r"
        + b"OBX|1|TX|||" + b"x" * 1800 + b"\r")

@@ -73,7 +73,7 @@ routes:
 def counts(store: Any) -> tuple[int, int]:
     from sqlalchemy import func, select
 
-    from engine.models import messages
+    from engine.store.models import messages
 
     with store.connect() as conn:
         rows = dict(conn.execute(select(messages.c.status, func.count())
@@ -113,7 +113,7 @@ class Result:
 def run(setup: str, n: int, connections: int, patients: int) -> Result:
     from sqlalchemy import create_engine, select
 
-    from engine.models import deliveries, messages
+    from engine.store.models import deliveries, messages
 
     base = Path(tempfile.mkdtemp(prefix="parcours-bench-route-"))
     out = base / "out"
@@ -135,7 +135,7 @@ def run(setup: str, n: int, connections: int, patients: int) -> Result:
             if broker_url:
                 env["PARCOURS_BROKER_URL"] = broker_url
             engines.append(Engine(base, home.name, env=env, command=[
-                sys.executable, "-c", "from engine.cli import main; main()", "serve"]))
+                sys.executable, "-c", "from engine.cli.main import main; main()", "serve"]))
             engines[-1].wait_ready()
         store = create_engine(engines[0].env["PARCOURS_STORE_URL"])
         stack.callback(store.dispose)

@@ -97,8 +97,8 @@ class Result:
 def run(n: int, messages: int, connections: int, patients: int) -> Result:
     from sqlalchemy import create_engine, func, select
 
-    from engine.models import deliveries
-    from engine.models import messages as messages_t
+    from engine.store.models import deliveries
+    from engine.store.models import messages as messages_t
 
     base = Path(tempfile.mkdtemp(prefix="parcours-bench-scale-"))
     out = base / "out"

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from intake import machine, oru  # noqa: E402  (bench/intake.py: same message, same report)
 
-from engine.intake import Intake, IntakePolicy  # noqa: E402
-from engine.store import Store, _multi_insert  # noqa: E402
+from engine.intake.handler import Intake, IntakePolicy  # noqa: E402
+from engine.store.database import Store, _multi_insert  # noqa: E402
 
 
 def main() -> None:

@@ -16,21 +16,20 @@ from channels.folder import FileOutcome, FolderChannel, FolderSettings
 from channels.mllp import MLLPChannel, MLLPSettings
 from channels.outbound import Destination, build_destination
 from connectors.mllp.limits import ListenerLimits, SharedLimits
+from engine.config import ChannelConfig, Config, ConfigError, load_file
+from engine.delivery.bus import Bus
+from engine.delivery.leases import PartitionLeases
+from engine.delivery.local_bus import LocalBus
+from engine.delivery.runner import DeliveryRunner
+from engine.intake.folders import FileIntake
+from engine.intake.group_commit import GroupCommitter
+from engine.intake.handler import Intake, IntakePolicy
+from engine.routing.router import Router
+from engine.routing.transformers import Registry
+from engine.settings import Settings
+from engine.store.database import Store
+from engine.store.models import DeliveryStatus, deliveries
 from monitoring.metrics import Metrics, Ownership, Snapshot
-
-from .bus import Bus
-from .config import ChannelConfig, Config, ConfigError, load_file
-from .delivery import DeliveryRunner
-from .file_intake import FileIntake
-from .group_commit import GroupCommitter
-from .intake import Intake, IntakePolicy
-from .leases import PartitionLeases
-from .local_bus import LocalBus
-from .models import DeliveryStatus, deliveries
-from .router import Router
-from .settings import Settings
-from .store import Store
-from .transformer_registry import Registry
 
 log = logging.getLogger("parcours.engine")
 
@@ -59,7 +58,7 @@ class Engine:
                  = None, worker_env: dict[str, str] | None = None, is_worker: bool = False
                  ) -> None:
         """`worker_argv`: run routing and delivery in a worker process started with it
-        (engine/worker.py); `is_worker`: this is that process (no channels, no HTTP)."""
+        (engine/delivery/worker.py); `is_worker`: this is that process (no channels, no HTTP)."""
         self.settings = settings
         self.is_worker = is_worker
         self.worker: Any = None
@@ -80,16 +79,15 @@ class Engine:
         self.registry = Registry(config.transformer_paths, base=base)
         self.router = Router(self.store, config, self.registry.resolve, settings.partitions)
         self.runner = DeliveryRunner(self.store)
-        from .timeline import install as install_timeline
+        from engine.timeline import install as install_timeline
 
         install_timeline(self)  # the `timeline` destination type and /api/v1 (issue #5)
-        from .referrals import install as install_referrals
+        from engine.referrals import install as install_referrals
 
         install_referrals(self)  # REF^I12/I13/I14 → referrals, intake's REF check (issue #14)
         from channels.outbound.dmp import set_consent_check, set_document_versions
-
-        from .dmp_versions import StoreDocumentVersions
-        from .timeline.consent import consent_check_for
+        from engine.delivery.dmp_versions import StoreDocumentVersions
+        from engine.timeline.consent import consent_check_for
 
         self._dmp_consent = consent_check_for(self.store.engine)
         set_consent_check(self._dmp_consent)  # ZFA opposition stops DMP feeds
@@ -98,7 +96,8 @@ class Engine:
         set_document_versions(self._dmp_versions)
         self.destinations: dict[str, Destination] = {}
         # Partitions are spread over the live engine processes by leases in the store; the
-        # bus consumes only the owned partitions' queues (engine/leases.py, engine/bus.py).
+        # bus consumes only the owned partitions' queues (engine/delivery/leases.py,
+        # engine/delivery/bus.py).
         # Embedded, one process owns them all: notices stay in the process (local_bus.py).
         self.leases = PartitionLeases(self.store, settings.partitions,
                                       lease_seconds=settings.lease_seconds)
@@ -109,7 +108,7 @@ class Engine:
         if worker_argv is not None:
             import os
 
-            from .worker import WorkerLink
+            from engine.delivery.worker import WorkerLink
 
             self.worker = WorkerLink(worker_argv, worker_env or dict(os.environ),
                                      self._worker_stats, self._send_application_acks)
@@ -161,7 +160,7 @@ class Engine:
 
     def _worker_stats(self, stats: dict[str, Any]) -> None:
         """The worker's counters, for /metrics and the dashboard of the intake process."""
-        from .delivery import DeliveryStats
+        from engine.delivery.runner import DeliveryStats
 
         self.runner.stats = {name: DeliveryStats(**v)
                              for name, v in (stats.get("destinations") or {}).items()}
@@ -185,7 +184,7 @@ class Engine:
             "histograms": self.metrics.delivery_samples()}})
 
     async def _report_forever(self) -> None:
-        from .worker import IntakeLink
+        from engine.delivery.worker import IntakeLink
 
         while not self._stop.is_set():
             IntakeLink.write(self._stats_line())
@@ -204,7 +203,7 @@ class Engine:
             route = False  # the worker routes and delivers
             self.worker.start(self._loop)
         if self.is_worker:
-            from .worker import IntakeLink
+            from engine.delivery.worker import IntakeLink
 
             IntakeLink(on_wake=self._wake.set, on_notify=self.notify_partition,
                        on_reload=self.reload, on_gone=self._stop.set).start(self._loop)
@@ -216,14 +215,14 @@ class Engine:
             await self.leases.start()
             self._tasks.append(asyncio.create_task(self._route_forever(), name="router"))
             self._tasks.append(asyncio.create_task(self._sweep_forever(), name="sweeper"))
-            from .prune import prune_forever
-            from .retention import from_config
+            from engine.store.prune import prune_forever
+            from engine.store.retention import from_config
 
             self._tasks.append(asyncio.create_task(prune_forever(
                 self.store, lambda: from_config(self.config.retention),
                 lambda: self.is_router, self._stop), name="retention"))
         if not self.is_worker:
-            from .open_files import raise_soft_limit
+            from engine.intake.open_files import raise_soft_limit
 
             self._open_file_limit = raise_soft_limit()
             self._apply_limits(self.config)
@@ -237,7 +236,7 @@ class Engine:
                                           "store": self.store.dialect})
 
     def _apply_limits(self, config: Config) -> None:
-        from .open_files import connection_ceiling
+        from engine.intake.open_files import connection_ceiling
 
         limits = config.limits
         self.shared_limits.max_connections = connection_ceiling(
@@ -291,7 +290,7 @@ class Engine:
     async def _start_http(self) -> None:
         import uvicorn
 
-        from .http import create_app
+        from engine.http import create_app
 
         config = uvicorn.Config(
             create_app(self), host=self.settings.host, port=self.settings.http_port,
@@ -423,14 +422,14 @@ class Engine:
 
     async def _send_application_acks(self, requests: list[dict[str, Any]]) -> None:
         if self.is_worker:  # only the intake process holds the senders' connections
-            from .worker import IntakeLink, encode_app_acks
+            from engine.delivery.worker import IntakeLink, encode_app_acks
 
             IntakeLink.write(encode_app_acks(requests))
             return
         from sqlalchemy import update
 
-        from .application_ack import build_application_ack
-        from .models import messages
+        from engine.routing.application_ack import build_application_ack
+        from engine.store.models import messages
 
         updates = []
         for req in requests:
@@ -674,7 +673,7 @@ class Engine:
     def _metrics_snapshot(self) -> Snapshot:
         from sqlalchemy import func, select
 
-        from .models import messages
+        from engine.store.models import messages
 
         with self.store.engine.connect() as conn:
             by_status = {s: int(n) for s, n in conn.execute(
@@ -725,7 +724,7 @@ class Engine:
 
     def backlog_size(self) -> int:
         """Distinct unmapped codes still open in the mapping backlog (issue #4)."""
-        from .backlog import size
+        from engine.routing.backlog import size
 
         return size(self.store)
 

@@ -276,7 +276,7 @@ def load_text(
     # reports everything in one pass; they skip what the schema already refused as malformed.
     shape_ok = not problems
     if known_transformers is None:
-        from .transformer_registry import Registry, TransformerNotFound
+        from engine.routing.transformers import Registry, TransformerNotFound
 
         paths = data.get("transformer_paths") if isinstance(data, dict) else None
         registry = Registry(tuple(p for p in paths if isinstance(p, str))
@@ -346,7 +346,7 @@ def _check_routes(data: Mapping[str, Any], tree: Any, file: str, channel_names: 
                   problems: list[Problem]) -> list[RouteConfig]:
     """What the schema cannot see: names used twice, references to undefined destinations,
     channels and transformers, unreadable field conditions."""
-    from .conditions import ConditionError, parse_condition
+    from engine.routing.conditions import ConditionError, parse_condition
 
     routes: list[RouteConfig] = []
     names: set[str] = set()

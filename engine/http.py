@@ -16,7 +16,7 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
-    from .app import Engine
+    from engine.app import Engine
 
 
 def create_app(engine: Engine) -> FastAPI:
@@ -65,13 +65,13 @@ def create_app(engine: Engine) -> FastAPI:
                 "routes": [r.name for r in engine.config.routes],
                 "destinations": sorted(engine.config.destinations)}
 
-    from .ui import install as install_ui  # operator and clinician pages (issue #6)
+    from engine.ui import install as install_ui  # operator and clinician pages (issue #6)
 
     install_ui(app, engine)
-    from .timeline import include_api  # /api/v1: patients, timeline, series, documents
+    from engine.timeline import include_api  # /api/v1: patients, timeline, series, documents
 
     include_api(app, engine)
-    from .fhir import include_api as include_fhir  # /fhir/r4 (issue #13, docs/fhir.md)
+    from engine.fhir import include_api as include_fhir  # /fhir/r4 (issue #13, docs/fhir.md)
 
     include_fhir(app, engine)
     return app

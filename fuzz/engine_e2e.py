@@ -211,7 +211,7 @@ def spawn_engine(home: Path, routes: Path, store_url: str | None = None
     """`parcours serve` on free loopback ports: (process, MLLP port, HTTP port)."""
     mllp, http = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARCOURS_")}
-    cmd = [sys.executable, "-c", "from engine.cli import main; main()", "serve",
+    cmd = [sys.executable, "-c", "from engine.cli.main import main; main()", "serve",
            "--home", str(home), "--host", "127.0.0.1", "--mllp-port", str(mllp),
            "--http-port", str(http),
            "--routes", str(routes), "--log-level", "WARNING"]

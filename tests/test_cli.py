@@ -10,7 +10,7 @@ from typing import Any
 from tests.conftest import corpus
 from tests.intake.test_ack_rules import msg
 
-PARCOURS = [sys.executable, "-c", "from engine.cli import main; main()"]
+PARCOURS = [sys.executable, "-c", "from engine.cli.main import main; main()"]
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -15,7 +15,7 @@ from sqlalchemy import insert
 
 from tests.intake.test_ack_rules import msg
 
-PARCOURS = [sys.executable, "-c", "from engine.cli import main; main()"]
+PARCOURS = [sys.executable, "-c", "from engine.cli.main import main; main()"]
 ROOT = Path(__file__).resolve().parent.parent
 ACK = ("MSH|^~\\&|LAB|HOSP|PARCOURS|REGION|20261201120000||ACK^R01^ACK|ACK-1|P|2.5.1\r"
        "MSA|AA|MSG-1\r")
@@ -219,8 +219,8 @@ async def test_send_does_not_wait_for_an_ack_to_an_ack(sqlite_url: str,
 
 
 def test_deliveries_shows_the_whole_error(store_url: str, tmp_path: Path) -> None:
-    from engine.models import deliveries, messages
-    from engine.store import Store
+    from engine.store.database import Store
+    from engine.store.models import deliveries, messages
 
     store = Store(store_url)
     store.migrate()
@@ -246,7 +246,7 @@ def test_deliveries_shows_the_whole_error(store_url: str, tmp_path: Path) -> Non
 
 def test_an_unexpected_failure_is_one_line_too(capsys: pytest.CaptureFixture[str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.cli_errors import INTERNAL, guarded
+    from engine.cli.errors import INTERNAL, guarded
 
     def broken() -> int:
         raise RuntimeError("boom\nsecond line")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .registry import Provider, Registry, SearchParam, SearchResult, default_registry
+from engine.fhir.registry import Provider, Registry, SearchParam, SearchResult, default_registry
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -23,7 +23,10 @@ def registry_of(engine: Any) -> Registry:
     registry = getattr(engine, "fhir_registry", None)
     if registry is None:
         registry = default_registry()
-        from .dmp import connection_from, register_consultation  # _source=dmp (docs/dmp.md)
+        from engine.fhir.dmp import (  # _source=dmp (docs/dmp.md)
+            connection_from,
+            register_consultation,
+        )
 
         register_consultation(registry, lambda: connection_from(getattr(engine, "config", None)))
         engine.fhir_registry = registry
@@ -35,6 +38,6 @@ def include_api(app: FastAPI, engine: Any) -> None:
     timeline = getattr(engine, "timeline", None)
     if timeline is None:
         return
-    from .router import build_router
+    from engine.fhir.router import build_router
 
     app.include_router(build_router(timeline, registry_of(engine)))

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..timeline.models import appointments, timeline_events
-from .context import Context
-from .events import row_for_read, with_event
-from .model import finish, instant
-from .registry import Provider, Registry, SearchParam, SearchResult
-from .search import SearchQuery, int_id, narrowed, paged, token
+from engine.fhir.context import Context
+from engine.fhir.events import row_for_read, with_event
+from engine.fhir.model import finish, instant
+from engine.fhir.registry import Provider, Registry, SearchParam, SearchResult
+from engine.fhir.search import SearchQuery, int_id, narrowed, paged, token
+from engine.timeline.models import appointments, timeline_events
 
 PROFILE = "http://hl7.org/fhir/StructureDefinition/Appointment"
 STATUSES = {"booked": "booked", "cancelled": "cancelled", "no_show": "noshow"}

@@ -11,9 +11,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from .model import FHIR_VERSION, checked
-from .registry import Registry
-from .smart import oauth_uris_extension, smart_configuration
+from engine.fhir.model import FHIR_VERSION, checked
+from engine.fhir.registry import Registry
+from engine.fhir.smart import oauth_uris_extension, smart_configuration
 
 SOFTWARE_VERSION = "0.1.0"
 

@@ -13,14 +13,14 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ..timeline.auth import Principal
-from ..timeline.care_circle import may_read
-from ..timeline.models import care_circle, patients, users
-from .context import Context
-from .model import finish, instant
-from .outcome import FhirError
-from .registry import Provider, Registry, SearchParam, SearchResult
-from .search import SearchQuery, int_id, patient_criteria
+from engine.fhir.context import Context
+from engine.fhir.model import finish, instant
+from engine.fhir.outcome import FhirError
+from engine.fhir.registry import Provider, Registry, SearchParam, SearchResult
+from engine.fhir.search import SearchQuery, int_id, patient_criteria
+from engine.timeline.auth import Principal
+from engine.timeline.care_circle import may_read
+from engine.timeline.models import care_circle, patients, users
 
 PROFILE = "http://hl7.org/fhir/StructureDefinition/CareTeam"
 

@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, false, or_, select
 from sqlalchemy.engine import Connection
 
-from ..timeline import audit
-from ..timeline.auth import Principal
-from ..timeline.care_circle import has_grant, may_read
-from ..timeline.identity import survivor
-from ..timeline.masking import visible
-from ..timeline.models import care_circle, patients
-from .outcome import FhirError
+from engine.fhir.outcome import FhirError
+from engine.timeline import audit
+from engine.timeline.auth import Principal
+from engine.timeline.care_circle import has_grant, may_read
+from engine.timeline.identity import survivor
+from engine.timeline.masking import visible
+from engine.timeline.models import care_circle, patients
 
 if TYPE_CHECKING:
-    from ..timeline import Timeline
-    from .registry import Registry
+    from engine.fhir.registry import Registry
+    from engine.timeline import Timeline
 
 PATIENT_ROLES = ("admin", "clinician")  # as /api/v1 (engine/timeline/service.py)
 

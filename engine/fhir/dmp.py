@@ -52,17 +52,16 @@ from connectors.dmp.stored_query import (
     QueryResponse,
     find_documents_slots,
 )
-
-from ..timeline import audit
-from ..timeline.models import audit_log, consents, patients
-from .model import finish
-from .outcome import FhirError
-from .registry import Provider, Registry, SearchParam, SearchResult
-from .search import SearchQuery, date_range, int_id, reference_id, token
-from .xds_mapping import STATUS_FROM_FHIR, document_reference, scheme_of
+from engine.fhir.model import finish
+from engine.fhir.outcome import FhirError
+from engine.fhir.registry import Provider, Registry, SearchParam, SearchResult
+from engine.fhir.search import SearchQuery, date_range, int_id, reference_id, token
+from engine.fhir.xds_mapping import STATUS_FROM_FHIR, document_reference, scheme_of
+from engine.timeline import audit
+from engine.timeline.models import audit_log, consents, patients
 
 if TYPE_CHECKING:
-    from .context import Context
+    from engine.fhir.context import Context
 
 log = logging.getLogger("parcours.fhir.dmp")
 SOURCE = "dmp"

@@ -18,12 +18,12 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ..timeline.models import documents, timeline_events
-from .context import Context
-from .events import row_for_read
-from .model import finish, instant
-from .registry import Provider, Registry, SearchParam, SearchResult
-from .search import SearchQuery, date_order, int_id, narrowed, paged, token
+from engine.fhir.context import Context
+from engine.fhir.events import row_for_read
+from engine.fhir.model import finish, instant
+from engine.fhir.registry import Provider, Registry, SearchParam, SearchResult
+from engine.fhir.search import SearchQuery, date_order, int_id, narrowed, paged, token
+from engine.timeline.models import documents, timeline_events
 
 PROFILE = "http://hl7.org/fhir/StructureDefinition/DocumentReference"
 LOINC = "http://loinc.org"
@@ -104,7 +104,7 @@ def read(ctx: Context, resource_id: str) -> dict[str, Any]:
 def read_binary(ctx: Context, resource_id: str) -> dict[str, Any]:
     d = _row(ctx, resource_id, f"Binary/{resource_id}")
     if d["content"] is None:
-        from .outcome import FhirError
+        from engine.fhir.outcome import FhirError
 
         raise FhirError(404, f"Binary/{resource_id} not found")
     ctx.shown.add(int(d["patient_id"]))

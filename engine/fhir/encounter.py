@@ -13,12 +13,12 @@ from typing import Any
 
 from sqlalchemy import or_, select
 
-from ..timeline.models import movements, stays, timeline_events
-from .context import Context
-from .events import row_for_read
-from .model import finish, instant
-from .registry import Provider, Registry, SearchParam, SearchResult
-from .search import SearchQuery, int_id, narrowed, paged, token
+from engine.fhir.context import Context
+from engine.fhir.events import row_for_read
+from engine.fhir.model import finish, instant
+from engine.fhir.registry import Provider, Registry, SearchParam, SearchResult
+from engine.fhir.search import SearchQuery, int_id, narrowed, paged, token
+from engine.timeline.models import movements, stays, timeline_events
 
 PROFILE = "http://hl7.org/fhir/StructureDefinition/Encounter"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"

@@ -9,10 +9,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ..timeline.models import timeline_events
-from .context import Context
-from .outcome import FhirError
-from .search import int_id
+from engine.fhir.context import Context
+from engine.fhir.outcome import FhirError
+from engine.fhir.search import int_id
+from engine.timeline.models import timeline_events
 
 GONE = ("deleted",)
 

@@ -17,12 +17,12 @@ from typing import Any
 
 from sqlalchemy import and_, or_, select
 
-from ..timeline.models import observations, timeline_events
-from .context import Context
-from .events import event_columns, row_for_read
-from .model import finish, instant
-from .registry import Provider, Registry, SearchParam, SearchResult
-from .search import SearchQuery, date_order, int_id, narrowed, paged, token
+from engine.fhir.context import Context
+from engine.fhir.events import event_columns, row_for_read
+from engine.fhir.model import finish, instant
+from engine.fhir.registry import Provider, Registry, SearchParam, SearchResult
+from engine.fhir.search import SearchQuery, date_order, int_id, narrowed, paged, token
+from engine.timeline.models import observations, timeline_events
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"

@@ -17,13 +17,13 @@ from typing import Any
 
 from sqlalchemy import or_
 
-from ..timeline.models import orders, timeline_events
-from . import observation
-from .context import Context
-from .events import row_for_read, with_event
-from .model import finish, instant
-from .registry import Provider, Registry, SearchParam, SearchResult
-from .search import SearchQuery, int_id, narrowed, paged, token
+from engine.fhir import observation
+from engine.fhir.context import Context
+from engine.fhir.events import row_for_read, with_event
+from engine.fhir.model import finish, instant
+from engine.fhir.registry import Provider, Registry, SearchParam, SearchResult
+from engine.fhir.search import SearchQuery, int_id, narrowed, paged, token
+from engine.timeline.models import orders, timeline_events
 
 PROFILE = "http://hl7.org/fhir/StructureDefinition/ServiceRequest"
 REDUNDANT = "urn:x-parcours:fhir:StructureDefinition:possibly-redundant"

@@ -20,12 +20,12 @@ from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select
 
-from ..timeline.models import patient_identifiers, patients
-from .context import Context
-from .model import finish
-from .outcome import FhirError
-from .registry import Provider, Registry, SearchParam, SearchResult
-from .search import SearchQuery, date_condition, date_range, int_id, paged, token
+from engine.fhir.context import Context
+from engine.fhir.model import finish
+from engine.fhir.outcome import FhirError
+from engine.fhir.registry import Provider, Registry, SearchParam, SearchResult
+from engine.fhir.search import SearchQuery, date_condition, date_range, int_id, paged, token
+from engine.timeline.models import patient_identifiers, patients
 
 FR_CORE = "https://hl7.fr/ig/fhir/core"
 PROFILE = f"{FR_CORE}/StructureDefinition/fr-core-patient"

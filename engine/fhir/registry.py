@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .context import Context
-    from .search import SearchQuery
+    from engine.fhir.context import Context
+    from engine.fhir.search import SearchQuery
 
 Resource = dict[str, Any]
 

@@ -12,13 +12,13 @@ from typing import Any
 
 from sqlalchemy import or_, select
 
-from ..timeline.models import observations, timeline_events
-from . import observation
-from .context import Context
-from .events import event_id, row_for_read
-from .model import finish, instant
-from .registry import Provider, Registry, SearchParam, SearchResult
-from .search import SearchQuery, date_order, narrowed, paged, token
+from engine.fhir import observation
+from engine.fhir.context import Context
+from engine.fhir.events import event_id, row_for_read
+from engine.fhir.model import finish, instant
+from engine.fhir.registry import Provider, Registry, SearchParam, SearchResult
+from engine.fhir.search import SearchQuery, date_order, narrowed, paged, token
+from engine.timeline.models import observations, timeline_events
 
 PROFILE = "http://hl7.org/fhir/StructureDefinition/DiagnosticReport"
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"

@@ -20,18 +20,18 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from . import model
-from . import search as searching
-from .capability import capability_statement
-from .context import Context
-from .outcome import FhirError, outcome_of
-from .registry import Registry
-from .smart import smart_configuration
-from .transaction import run_bundle
+from engine.fhir import model
+from engine.fhir import search as searching
+from engine.fhir.capability import capability_statement
+from engine.fhir.context import Context
+from engine.fhir.outcome import FhirError, outcome_of
+from engine.fhir.registry import Registry
+from engine.fhir.smart import smart_configuration
+from engine.fhir.transaction import run_bundle
 
 if TYPE_CHECKING:
-    from ..timeline import Timeline
-    from ..timeline.auth import Principal
+    from engine.timeline import Timeline
+    from engine.timeline.auth import Principal
 
 log = logging.getLogger("parcours.fhir")
 BASE = "/fhir/r4"
@@ -100,7 +100,7 @@ def build_router(timeline: Timeline, registry: Registry) -> APIRouter:
             try:
                 who = authenticate(request)
                 if who.role not in ("admin", "clinician"):
-                    from ..timeline import audit as audit_log
+                    from engine.timeline import audit as audit_log
 
                     audit_log.record(timeline.db, who, "fhir", patient_ids=None,
                                      remote=remote, outcome="denied",

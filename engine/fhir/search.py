@@ -20,11 +20,11 @@ from urllib.parse import urlencode
 from sqlalchemy import and_, not_, or_
 from sqlalchemy.sql import ColumnElement
 
-from .outcome import FhirError
-from .registry import Provider, Registry, SearchResult
+from engine.fhir.outcome import FhirError
+from engine.fhir.registry import Provider, Registry, SearchResult
 
 if TYPE_CHECKING:
-    from .context import Context
+    from engine.fhir.context import Context
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 1000

@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .context import Context
-from .outcome import FhirError
-from .registry import Registry
+from engine.fhir.context import Context
+from engine.fhir.outcome import FhirError
+from engine.fhir.registry import Registry
 
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3}
 

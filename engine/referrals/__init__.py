@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .service import NotFound, Referrals, ReferralSettings
-from .workflow import TransitionError
+from engine.referrals.service import NotFound, Referrals, ReferralSettings
+from engine.referrals.workflow import TransitionError
 
 if TYPE_CHECKING:
     from transformers.hl7.ack import AckError
@@ -21,8 +21,8 @@ __all__ = ["NotFound", "ReferralSettings", "Referrals", "TransitionError", "inst
 
 
 def install(engine: Any) -> Referrals:
-    from ..timeline.apply import register_event_type
-    from .replies import StatusReplies, reply_targets
+    from engine.referrals.replies import StatusReplies, reply_targets
+    from engine.timeline.apply import register_event_type
 
     def notify(partition: int) -> None:
         """From the thread that committed the change: the engine's loop runs the pass."""
@@ -36,8 +36,8 @@ def install(engine: Any) -> Referrals:
     engine.referrals = referrals
     register_event_type("referral", referrals.apply_hl7)
     engine.intake.content_checks["REF"] = intake_check(referrals)
-    from ..fhir import registry_of
-    from .fhir import register as register_fhir
+    from engine.fhir import registry_of
+    from engine.referrals.fhir import register as register_fhir
 
     register_fhir(registry_of(engine), referrals)  # ServiceRequest + Task (docs/fhir.md)
     return referrals

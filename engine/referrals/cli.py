@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Any
 
-from . import workflow as wf
+from engine.referrals import workflow as wf
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -29,9 +29,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 
 def run(args: argparse.Namespace, settings: Any) -> int:
-    from ..store import Store
-    from ..timeline.auth import Principal
-    from .service import Referrals
+    from engine.referrals.service import Referrals
+    from engine.store.database import Store
+    from engine.timeline.auth import Principal
 
     store = Store(settings.store_url)
     store.migrate()

@@ -32,11 +32,11 @@ from typing import Any
 
 from sqlalchemy import or_, select
 
-from ..fhir.context import Context
-from ..fhir.model import InvalidResource, checked, finish, version_of
-from ..fhir.outcome import FhirError
-from ..fhir.registry import Provider, Registry, SearchParam, SearchResult
-from ..fhir.search import (
+from engine.fhir.context import Context
+from engine.fhir.model import InvalidResource, checked, finish, version_of
+from engine.fhir.outcome import FhirError
+from engine.fhir.registry import Provider, Registry, SearchParam, SearchResult
+from engine.fhir.search import (
     SearchQuery,
     date_condition,
     int_id,
@@ -44,11 +44,11 @@ from ..fhir.search import (
     reference_id,
     token,
 )
-from ..timeline import identity
-from ..timeline.models import patients
-from . import workflow as wf
-from .models import referrals, structure_members, support_structures
-from .service import NotFound, Referrals
+from engine.referrals import workflow as wf
+from engine.referrals.models import referrals, structure_members, support_structures
+from engine.referrals.service import NotFound, Referrals
+from engine.timeline import identity
+from engine.timeline.models import patients
 
 PREFIX = "dac-"
 SNOMED = "http://snomed.info/sct"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import Boolean, Column, DateTime, ForeignKey, String, Table, Text
 
-from ..timeline.models import BigId, metadata
+from engine.timeline.models import BigId, metadata
 
 TS = DateTime(timezone=True)
 

@@ -17,14 +17,13 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 
+from engine.referrals import workflow as wf
+from engine.routing.router import partition_of
+from engine.store.models import DeliveryStatus, deliveries, messages
 from transformers.events.common import cx_list
 from transformers.hl7.reader import Message
 from transformers.hl7.referral import providers, referral_id
 from transformers.hl7.rri import build_rri
-
-from ..models import DeliveryStatus, deliveries, messages
-from ..router import partition_of
-from . import workflow as wf
 
 RESPONSE_TRANSFORMER = "referral_response"
 

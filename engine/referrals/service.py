@@ -19,14 +19,19 @@ from typing import Any
 from sqlalchemy import insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from ..timeline import audit
-from ..timeline.apply import ts as _ts
-from ..timeline.auth import Principal
-from ..timeline.identity import survivor
-from ..timeline.models import care_circle, timeline_events, users
-from . import workflow as wf
-from .models import referral_history, referrals, structure_members, support_structures
-from .replies import StatusReplies
+from engine.referrals import workflow as wf
+from engine.referrals.models import (
+    referral_history,
+    referrals,
+    structure_members,
+    support_structures,
+)
+from engine.referrals.replies import StatusReplies
+from engine.timeline import audit
+from engine.timeline.apply import ts as _ts
+from engine.timeline.auth import Principal
+from engine.timeline.identity import survivor
+from engine.timeline.models import care_circle, timeline_events, users
 
 STRUCTURE_CACHE_S = 5.0  # how stale intake's list of known structures may be
 
@@ -453,7 +458,7 @@ class Referrals:
     def for_patient(self, patient_id: int) -> list[dict[str, Any]]:
         """A patient's requests, for a page whose reader the timeline already checked and
         audited (the patient page)."""
-        from ..timeline.models import patients
+        from engine.timeline.models import patients
 
         with self.db.connect() as conn:
             ids = [patient_id, *conn.execute(select(patients.c.id).where(

@@ -16,10 +16,10 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from ..ui.auth_adapter import principal
-from ..ui.web import UI, Forbidden, redirect, remote_of
-from . import workflow as wf
-from .service import NotFound, Referrals
+from engine.referrals import workflow as wf
+from engine.referrals.service import NotFound, Referrals
+from engine.ui.auth_adapter import principal
+from engine.ui.web import UI, Forbidden, redirect, remote_of
 
 ROLES = ("clinician", "admin")
 STATUS_ACTIONS = (wf.ACCEPTED, wf.IN_PROGRESS, wf.ON_HOLD, wf.COMPLETED, wf.CANCELLED)

@@ -9,21 +9,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .service import Denied, Timeline
-from .settings import TimelineSettings
+from engine.timeline.service import Denied, Timeline
+from engine.timeline.settings import TimelineSettings
 
 if TYPE_CHECKING:
     from fastapi import APIRouter, FastAPI
 
-    from ..app import Engine
+    from engine.app import Engine
 
 __all__ = ["Denied", "Timeline", "TimelineSettings", "include_api", "install"]
 
 
 def install(engine: Engine) -> Timeline:
     from channels.outbound import factory
-
-    from .destination import TimelineDestination
+    from engine.timeline.destination import TimelineDestination
 
     lab = getattr(engine, "lab", None)
 
@@ -46,7 +45,7 @@ def router_for(engine: Any) -> APIRouter | None:
     timeline = getattr(engine, "timeline", None)
     if timeline is None:
         return None
-    from .api import build_router
+    from engine.timeline.api import build_router
 
     return build_router(timeline)
 
@@ -56,7 +55,7 @@ def include_api(app: FastAPI, engine: Any) -> None:
     router = router_for(engine)
     if router is not None:
         app.include_router(router)
-        from .audit import AuditedRequests
+        from engine.timeline.audit import AuditedRequests
 
         # Outermost, so a failure anywhere below (a handler, the UI, a serialiser) is seen.
         app.add_middleware(AuditedRequests, db=engine.timeline.db)

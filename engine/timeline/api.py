@@ -15,10 +15,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 
-from ..store_ids import MAX_STORE_ID, Offset, StoreId
-from . import audit
-from .auth import Principal, Refusal
-from .service import Denied, Timeline
+from engine.store.ids import MAX_STORE_ID, Offset, StoreId
+from engine.timeline import audit
+from engine.timeline.auth import Principal, Refusal
+from engine.timeline.service import Denied, Timeline
 
 EVENT_TYPES = ("stay", "movement", "result", "document", "order", "appointment", "referral")
 

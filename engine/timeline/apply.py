@@ -23,9 +23,9 @@ from typing import Any
 from sqlalchemy import and_, bindparam, insert, or_, select, text, update
 from sqlalchemy.engine import Connection
 
-from ..store import _sqlite_value
-from . import conflicts, identity
-from .models import (
+from engine.store.database import _sqlite_value
+from engine.timeline import conflicts, identity
+from engine.timeline.models import (
     applied_events,
     appointments,
     care_circle,
@@ -38,7 +38,7 @@ from .models import (
     stays,
     timeline_events,
 )
-from .settings import TimelineSettings
+from engine.timeline.settings import TimelineSettings
 
 IDENTITY_LOCK_SPACE = 0x544C  # "TL": advisory lock space of the timeline's identities
 
@@ -95,7 +95,7 @@ def _observation_values(patient_id: int, o: dict[str, Any], message_id: int
 def _insert_rows(conn: Connection, table: str, rows: list[dict[str, Any]]) -> None:
     """Rows of one shape straight to the driver's executemany: SQLAlchemy's per-row bind
     processing costs more than SQLite's insert of the row. Datetimes are written as the
-    store's other raw inserts write them (naive UTC text on SQLite, engine/store.py)."""
+    store's other raw inserts write them (naive UTC text on SQLite, engine/store/database.py)."""
     columns = list(rows[0])
     sqlite = conn.dialect.name == "sqlite"
     names = ", ".join(f'"{c}"' for c in columns)

@@ -25,8 +25,8 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
 
-from .auth import Principal, Refusal
-from .models import audit_log
+from engine.timeline.auth import Principal, Refusal
+from engine.timeline.models import audit_log
 
 # What the reader actually got; `break_glass` is an access the reader's ordinary rights would
 # not have given (the DMP's bris de glace, engine/fhir/dmp.py), kept apart for review.

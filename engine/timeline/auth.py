@@ -20,8 +20,8 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Engine
 
-from .models import api_tokens, users
-from .settings import TimelineSettings
+from engine.timeline.models import api_tokens, users
+from engine.timeline.settings import TimelineSettings
 
 ROLES = ("admin", "operator", "clinician")
 JWT_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "PS384", "PS512"]

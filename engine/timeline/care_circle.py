@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from .auth import Principal
-from .identity import survivor
-from .models import care_circle, patients, users
+from engine.timeline.auth import Principal
+from engine.timeline.identity import survivor
+from engine.timeline.models import care_circle, patients, users
 
 
 def may_read(conn: Connection, who: Principal, patient_id: int, circle_days: float) -> bool:

@@ -12,7 +12,7 @@ import getpass
 import json
 from typing import Any
 
-from ..cli_errors import CommandError
+from engine.cli.errors import CommandError
 
 COMMANDS = ("users", "care-circle", "audit", "conflicts")
 
@@ -73,7 +73,7 @@ def _add_conflicts(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
 
 
 def run(args: argparse.Namespace, settings: Any) -> int:
-    from ..store import Store
+    from engine.store.database import Store
 
     store = Store(settings.store_url)
     store.migrate()
@@ -93,8 +93,8 @@ def _users(args: argparse.Namespace, db: Any) -> int:
     from sqlalchemy import select
     from sqlalchemy.exc import IntegrityError
 
-    from . import auth
-    from .models import users
+    from engine.timeline import auth
+    from engine.timeline.models import users
 
     cmd = args.users_command
     if cmd == "add":
@@ -130,8 +130,8 @@ def _users(args: argparse.Namespace, db: Any) -> int:
 def _care(args: argparse.Namespace, db: Any) -> int:
     from sqlalchemy import select
 
-    from . import care_circle as cc
-    from .models import care_circle
+    from engine.timeline import care_circle as cc
+    from engine.timeline.models import care_circle
 
     if args.care_command == "grant":
         try:
@@ -153,7 +153,7 @@ def _care(args: argparse.Namespace, db: Any) -> int:
 
 
 def _audit(args: argparse.Namespace, db: Any) -> int:
-    from .audit import entries
+    from engine.timeline.audit import entries
 
     for e in entries(db, args.patient, args.limit):
         if args.json:
@@ -167,7 +167,7 @@ def _audit(args: argparse.Namespace, db: Any) -> int:
 
 
 def _conflicts(args: argparse.Namespace, db: Any) -> int:
-    from .service import Timeline
+    from engine.timeline.service import Timeline
 
     timeline = Timeline(db)
     if getattr(args, "conflicts_command", None) == "resolve":

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
-from .models import timeline_conflicts
+from engine.timeline.models import timeline_conflicts
 
 KINDS = {
     "ins_mismatch": "INS contradicts the INS held for this local id",

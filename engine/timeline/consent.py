@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from .models import patient_identifiers, patients
+from engine.timeline.models import patient_identifiers, patients
 
 
 def _candidates(patient_key: str) -> list[tuple[str, str]]:

@@ -26,8 +26,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from channels.outbound.base import OutboundItem, Outcome, order_key
-
-from .service import Timeline
+from engine.timeline.service import Timeline
 
 log = logging.getLogger("parcours.timeline")
 
@@ -42,7 +41,7 @@ class TimelineDestination:
         if window is not None:
             from dataclasses import replace
 
-            from .apply import Applier
+            from engine.timeline.apply import Applier
 
             self.timeline = Timeline(timeline.db, replace(
                 timeline.settings, redundancy_window_days=float(window)), timeline._catalogue)

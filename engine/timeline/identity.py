@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
-from .models import (
+from engine.timeline.models import (
     appointments,
     care_circle,
     consents,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .auth import Principal
+from engine.timeline.auth import Principal
 
 
 def visible(item: dict[str, Any], who: Principal, granted: bool) -> bool:

@@ -18,14 +18,14 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from ..models import deliveries
-from . import audit, conflicts
-from .apply import Applier
-from .auth import Authenticator, Principal
-from .care_circle import has_grant, may_read
-from .identity import survivor
-from .masking import visible
-from .models import (
+from engine.store.models import deliveries
+from engine.timeline import audit, conflicts
+from engine.timeline.apply import Applier
+from engine.timeline.auth import Authenticator, Principal
+from engine.timeline.care_circle import has_grant, may_read
+from engine.timeline.identity import survivor
+from engine.timeline.masking import visible
+from engine.timeline.models import (
     documents,
     observations,
     patient_identifiers,
@@ -33,7 +33,7 @@ from .models import (
     timeline_conflicts,
     timeline_events,
 )
-from .settings import TimelineSettings
+from engine.timeline.settings import TimelineSettings
 
 PATIENT_ROLES = ("admin", "clinician")
 CONFLICT_ROLES = ("admin", "operator")

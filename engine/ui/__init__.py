@@ -14,11 +14,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from . import clinician, login, operator
-from .web import STATIC, UI, Forbidden, LoginRequired, apply_security_headers
+from engine.ui import clinician, login, operator
+from engine.ui.web import STATIC, UI, Forbidden, LoginRequired, apply_security_headers
 
 if TYPE_CHECKING:
-    from ..app import Engine
+    from engine.app import Engine
 
 
 def _wants_json(request: Request) -> bool:
@@ -33,7 +33,7 @@ def install(app: FastAPI, engine: Engine) -> UI:
     app.include_router(clinician.build_router(ui))
     referrals = getattr(engine, "referrals", None)
     if referrals is not None:  # the DAC worklist and request pages (issue #14)
-        from ..referrals.ui import build_router as referral_pages
+        from engine.referrals.ui import build_router as referral_pages
 
         app.include_router(referral_pages(ui, referrals))
     app.mount("/ui/static", StaticFiles(directory=str(STATIC)), name="ui-static")

@@ -18,11 +18,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 
 if TYPE_CHECKING:
+    from engine.app import Engine
     from engine.timeline import Timeline
     from engine.timeline.auth import Principal as TimelinePrincipal
-
-    from ..app import Engine
-    from .session import Session
+    from engine.ui.session import Session
 
 
 @dataclass(frozen=True)
@@ -246,7 +245,7 @@ def _dmp_pill(feed: dict[str, Any] | None) -> dict[str, str] | None:
 def _analytes(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per LOINC code: the latest value with its unit and flag, and the values in time order
     for the sparkline (the patient page's compact table, issue #16)."""
-    from .sparkline import points as sparkline
+    from engine.ui.sparkline import points as sparkline
 
     found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for e in events:

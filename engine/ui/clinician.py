@@ -15,9 +15,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from ..store_ids import clamp_offset, parse_store_id
-from . import auth_adapter
-from .web import UI, Forbidden, remote_of
+from engine.store.ids import clamp_offset, parse_store_id
+from engine.ui import auth_adapter
+from engine.ui.web import UI, Forbidden, remote_of
 
 EVENT_KINDS = ("stay", "movement", "result", "document", "order", "appointment",
                "referral")

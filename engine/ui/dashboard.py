@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import String, cast, func, select
 
-from ..models import DeliveryStatus, MessageStatus, deliveries, messages
+from engine.store.models import DeliveryStatus, MessageStatus, deliveries, messages
 
 if TYPE_CHECKING:
-    from ..app import Engine
+    from engine.app import Engine
 
 RATE_WINDOW = 300  # seconds: "messages per minute" is averaged over the last five minutes
 CHART_MINUTES = 60
@@ -189,9 +189,9 @@ def snapshot(engine: Engine) -> dict[str, Any]:
         "backlog_codes": engine.backlog_size(),
         "conflicts_open": _conflicts_open(engine),
         "router": {"routed": engine.router.routed, "is_router": engine.is_router},
-        # This process's share of the partitions (engine/leases.py); the same number as the
+        # This process's share of the partitions (engine/delivery/leases.py); the same number as the
         # gauge parcours_partitions_owned on /metrics.
-        # With a worker process (engine/worker.py), the worker's share, as it reports it.
+        # With a worker process (engine/delivery/worker.py), the worker's share, as it reports it.
         "partitions": {"owned": engine.metrics_ownership().partitions_owned,
                        "total": engine.settings.partitions,
                        "members": len(engine.leases.members) or 1,

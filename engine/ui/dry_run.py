@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..router import Router, exchange_from_bytes
+from engine.routing.router import Router, exchange_from_bytes
 
 PREVIEW_CHARS = 4000
 MAX_SAMPLE_BYTES = 2 * 1024 * 1024

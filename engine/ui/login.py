@@ -13,9 +13,9 @@ import logging
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from . import auth_adapter
-from .session import COOKIE, LOGIN_COOKIE, SESSION_SECONDS
-from .web import UI, redirect, remote_of
+from engine.ui import auth_adapter
+from engine.ui.session import COOKIE, LOGIN_COOKIE, SESSION_SECONDS
+from engine.ui.web import UI, redirect, remote_of
 
 log = logging.getLogger("parcours.ui")
 

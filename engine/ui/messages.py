@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, String, literal_column, or_, select
 
-from ..models import deliveries, delivery_attempts, messages
-from ..store import Store
+from engine.store.database import Store
+from engine.store.models import deliveries, delivery_attempts, messages
 
 PAGE = 50
 NARROW_RANGE = timedelta(days=31)

@@ -15,12 +15,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from ..store_ids import StoreId, parse_store_id
-from . import auth_adapter, dashboard
-from . import messages as msgs
-from .hl7_tree import try_parse_tree
-from .redaction import MIN_REASON_CHARS, BreakGlass, redacted_view, sensitivity
-from .web import UI, redirect, remote_of
+from engine.store.ids import StoreId, parse_store_id
+from engine.ui import auth_adapter, dashboard
+from engine.ui import messages as msgs
+from engine.ui.hl7_tree import try_parse_tree
+from engine.ui.redaction import MIN_REASON_CHARS, BreakGlass, redacted_view, sensitivity
+from engine.ui.web import UI, redirect, remote_of
 
 log = logging.getLogger("parcours.ui")
 
@@ -247,7 +247,7 @@ def build_router(ui: UI) -> APIRouter:
     # -- routes ---------------------------------------------------------------------------
 
     def _routes_context() -> dict[str, Any]:
-        from ..config import ConfigError, load_file
+        from engine.config import ConfigError, load_file
 
         path = Path(engine.settings.routes_file)
         on_disk: str | None = None
@@ -285,7 +285,7 @@ def build_router(ui: UI) -> APIRouter:
         form = await ui.form_with_csrf(request, s)
         sample = form.get("message", "")
         channel = form.get("channel", "main") or "main"
-        from .dry_run import dry_run as run
+        from engine.ui.dry_run import dry_run as run
 
         dry = await asyncio.to_thread(run, engine.router, sample, channel)
         ctx = await asyncio.to_thread(_routes_context)
@@ -306,10 +306,9 @@ def build_router(ui: UI) -> APIRouter:
     # -- mapping backlog ------------------------------------------------------------------
 
     def _backlog() -> list[dict[str, Any]]:
+        from engine.routing.backlog import open_entries
         from loinc.catalogue import load_catalogue
         from loinc.suggest import suggest
-
-        from ..backlog import open_entries
 
         catalogue = _catalogue(load_catalogue)
         out = []
@@ -338,10 +337,9 @@ def build_router(ui: UI) -> APIRouter:
         unit = form.get("unit") or None
 
         def work() -> tuple[str | None, int]:
+            from engine.routing.backlog import accept
             from mappings.loader import MappingError
             from transformers.lab.transformer import configure
-
-            from ..backlog import accept
 
             try:
                 _path, message_ids = accept(engine.store, engine.settings.mappings_dir, sender,

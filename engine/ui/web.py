@@ -18,10 +18,10 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from .session import COOKIE, Session, SessionSigner
+from engine.ui.session import COOKIE, Session, SessionSigner
 
 if TYPE_CHECKING:
-    from ..app import Engine
+    from engine.app import Engine
 
 UI_DIR = Path(__file__).resolve().parent.parent.parent / "monitoring" / "ui"
 TEMPLATES = UI_DIR / "templates"
@@ -132,7 +132,7 @@ class UI:
         s = self.session(request)
         if s is None:
             raise LoginRequired()
-        from . import auth_adapter
+        from engine.ui import auth_adapter
 
         if not auth_adapter.still_valid(self.engine, s):
             raise LoginRequired()

@@ -17,7 +17,7 @@ from transformers.events.common import EventError
 
 
 def exchange_for(data: bytes):  # type: ignore[no-untyped-def]
-    from engine.router import exchange_from_bytes
+    from engine.routing.router import exchange_from_bytes
 
     exchange = exchange_from_bytes(data, channel="fuzz")
     exchange.headers["message_type"] = "ORU"

@@ -351,7 +351,7 @@ def test_dmp_sim_command_seeds_documents() -> None:
     port = _free_port()
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from engine.cli import main; main()", "dmp-sim",
+        [sys.executable, "-c", "from engine.cli.main import main; main()", "dmp-sim",
          "--port", str(port), "--seed", "1234567890123"], cwd=root, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(root)})
     try:

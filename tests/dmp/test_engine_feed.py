@@ -18,7 +18,7 @@ from lxml import etree
 from sqlalchemy import select
 
 from connectors.dmp.metadata import APPROVED, DELETED, DEPRECATED
-from engine.models import deliveries, dmp_documents
+from engine.store.models import deliveries, dmp_documents
 
 from .conftest import Certs, RunningSim, dmp_options, lab_oru_with_ins
 
@@ -263,7 +263,7 @@ async def test_permanent_dmp_errors_are_dead_with_the_dmps_code(
     [row] = await wait_for(lambda: rows_once(eng, "dead"))
     assert row["error_code"] == code and row["attempts"] == 1  # permanent: no retry
     assert code in row["last_error"]
-    from engine.cli_routes import cmd_deliveries
+    from engine.cli.routes import cmd_deliveries
     from engine.settings import Settings
 
     cmd_deliveries(argparse.Namespace(status="failed", limit=10),
@@ -283,7 +283,7 @@ async def test_transient_dmp_errors_retry_then_deliver(
 
     [row] = await wait_for(lambda: rows_once(eng, "delivered"))
     assert row["attempts"] == 2 and row["error_code"] is None  # cleared once delivered
-    from engine.models import delivery_attempts
+    from engine.store.models import delivery_attempts
 
     with eng.store.engine.connect() as conn:
         first = conn.execute(select(delivery_attempts.c.outcome, delivery_attempts.c.detail)

@@ -6,7 +6,7 @@ import pytest
 from lxml import etree
 
 from engine.config import ConfigError, load_text
-from engine.router import exchange_from_bytes
+from engine.routing.router import exchange_from_bytes
 from fuzz.seeds import MINIMAL_ORU, ROOT
 from transformers.cda.to_crbio import to_crbio
 from transformers.events.common import hl7_time

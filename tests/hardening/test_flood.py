@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, func, select
 
 from connectors.mllp.client import MLLPClient
 from connectors.mllp.errors import MLLPConnectionError
-from engine.models import messages
+from engine.store.models import messages
 from tests.intake.test_ack_rules import msg
 from tests.intake.test_crash import EngineProcess
 from transformers.hl7.ack import read_ack

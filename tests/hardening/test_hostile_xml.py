@@ -16,7 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from engine.models import deliveries, messages
+from engine.store.models import deliveries, messages
 from engine.timeline import auth
 from engine.timeline.models import documents
 from safexml import UnsafeXML, parse

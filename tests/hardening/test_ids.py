@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from engine.store_ids import MAX_STORE_ID, clamp_offset, parse_store_id
+from engine.store.ids import MAX_STORE_ID, clamp_offset, parse_store_id
 from tests.routing.test_delivery_e2e import routes
 from tests.ui.conftest import Account, csrf_of, http_port, login
 from tests.ui.timeline_support import create_account

@@ -7,7 +7,7 @@ import resource
 import pytest
 
 from engine.config import ConfigError, LimitsConfig, load_text
-from engine.open_files import connection_ceiling, raise_soft_limit
+from engine.intake.open_files import connection_ceiling, raise_soft_limit
 from tests.conftest import routes_text
 
 

@@ -48,7 +48,7 @@ def very_restricted_mdm(control_id: str) -> bytes:
 
 
 async def message_id(eng: Any, control_id: str) -> int:
-    from engine.models import messages
+    from engine.store.models import messages
 
     with eng.store.engine.connect() as conn:
         return int(conn.execute(select(messages.c.id).where(

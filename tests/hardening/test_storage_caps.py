@@ -12,9 +12,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from engine.models import messages
-from engine.store import Arrival
-from engine.stored_bytes import SenderVolume, keep_head
+from engine.intake.stored_bytes import SenderVolume, keep_head
+from engine.store.database import Arrival
+from engine.store.models import messages
 from tests.conftest import routes_text
 from tests.intake.test_ack_rules import msg
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from engine.config import load_file
-from engine.models import deliveries, inbound_files, messages
-from engine.router import Router
-from engine.store import Store
-from engine.transformer_registry import Registry
+from engine.routing.router import Router
+from engine.routing.transformers import Registry
+from engine.store.database import Store
+from engine.store.models import deliveries, inbound_files, messages
 from tests.intake.test_ack_rules import msg
 from tests.test_cli import PARCOURS, run
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from engine.models import messages
+from engine.store.models import messages
 from tests.conftest import routes_text
 from transformers.hl7.ack import read_ack
 

@@ -28,7 +28,7 @@ from connectors.mllp.framing import (
     Junk,
     frame,
 )
-from engine.models import messages
+from engine.store.models import messages
 from tests.conftest import routes_text
 from tests.intake.test_ack_rules import msg, segments
 from tests.intake.test_crash import EngineProcess, is_accepted, stored_rows

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 
 from connectors.mllp.client import MLLPClient
-from engine.models import messages
+from engine.store.models import messages
 from tests.conftest import corpus, corpus_messages, routes_text
 from transformers.hl7.ack import read_ack
 from transformers.hl7.batch import split_messages

@@ -36,7 +36,7 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from connectors.mllp.framing import Frame, FrameDecoder, frame
-from engine.models import messages
+from engine.store.models import messages
 from tests.conftest import ROOT
 from tests.intake.test_ack_rules import msg
 from transformers.hl7.ack import read_ack
@@ -88,7 +88,7 @@ class EngineProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PARCOURS_")}
         env["PYTHONUNBUFFERED"] = "1"
         cmd = [
-            sys.executable, "-c", "from engine.cli import main; main()", "serve",
+            sys.executable, "-c", "from engine.cli.main import main; main()", "serve",
             "--home", str(self.home), "--host", "127.0.0.1",
             "--mllp-port", str(self.mllp_port), "--http-port", str(self.http_port),
             "--store-url", self.store_url, "--routes", str(self.routes),

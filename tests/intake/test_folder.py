@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from engine.models import inbound_files, messages
+from engine.store.models import inbound_files, messages
 from tests.conftest import corpus, routes_text
 from tests.intake.test_ack_rules import msg
 

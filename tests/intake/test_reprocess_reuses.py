@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from engine.cli import main
-from engine.group_commit import GroupCommitter
-from engine.intake import Intake, IntakePolicy
-from engine.models import messages
-from engine.store import Store
+from engine.cli.main import main
+from engine.intake.group_commit import GroupCommitter
+from engine.intake.handler import Intake, IntakePolicy
+from engine.store.database import Store
+from engine.store.models import messages
 from tests.intake.test_ack_rules import msg
 from tests.intake.test_reuse import delivered, routes, settled, with_msh7
 

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import select
 
 from connectors.mllp.client import MLLPClient
-from engine.models import deliveries, messages
+from engine.store.models import deliveries, messages
 from tests.conftest import corpus
 from tests.intake.test_ack_rules import msg, segments
 from tests.intake.test_corpus import REFUSED

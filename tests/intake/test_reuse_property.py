@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from engine.group_commit import GroupCommitter
-from engine.intake import Intake, IntakePolicy
-from engine.models import MessageStatus, messages
-from engine.store import Store
+from engine.intake.group_commit import GroupCommitter
+from engine.intake.handler import Intake, IntakePolicy
+from engine.store.database import Store
+from engine.store.models import MessageStatus, messages
 from tests.intake.test_ack_rules import msg
 from tests.intake.test_reuse import _content, with_msh7
 

@@ -11,8 +11,8 @@ import threading
 import time
 from typing import Any
 
-from engine.models import MessageStatus
-from engine.store import Arrival, Store, dedup_key
+from engine.store.database import Arrival, Store, dedup_key
+from engine.store.models import MessageStatus
 
 
 def _arrival(control_id: str | None, raw: bytes | None = None) -> Arrival:
@@ -168,7 +168,7 @@ def test_lost_intake_connection_costs_no_arrival(store_url: str) -> None:
 
 
 def test_content_digest_sets_aside_msh7_and_terminators_only() -> None:
-    from engine.store import content_digest
+    from engine.store.database import content_digest
 
     base = b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|X|P|2.5\rEVN|A01|20260101\rPID|1\r"
     same = [base.replace(b"|20260101||", b"|20270102||"), base.replace(b"\r", b"\n"),

@@ -1,4 +1,4 @@
-"""SQLite's write gate (engine/write_gate.py): writers of one process take turns on a
+"""SQLite's write gate (engine/store/write_gate.py): writers of one process take turns on a
 condition instead of SQLite's sleeping busy handler, and no way of leaving a transaction
 keeps the gate."""
 
@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from engine.store import make_engine
-from engine.write_gate import gate_of
+from engine.store.database import make_engine
+from engine.store.write_gate import gate_of
 
 
 @pytest.fixture

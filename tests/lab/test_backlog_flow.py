@@ -18,7 +18,7 @@ from transformers.hl7.batch import split_messages
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "loinc" / "data"
-PARCOURS = [sys.executable, "-c", "from engine.cli import main; main()"]
+PARCOURS = [sys.executable, "-c", "from engine.cli.main import main; main()"]
 
 
 def routes(out: Path) -> str:
@@ -79,7 +79,7 @@ async def test_three_labs_one_series_and_the_backlog(make_engine: Any, tmp_path:
     assert sugg.returncode == 0 and " 1. " in sugg.stdout, sugg.stdout + sugg.stderr
     best = sugg.stdout.split(" 1. ")[1].split()[0]
     entry = next(e for e in (await asyncio.to_thread(
-        lambda: __import__("engine.backlog", fromlist=["x"]).open_entries(eng.store)))
+        lambda: __import__("engine.routing.backlog", fromlist=["x"]).open_entries(eng.store)))
         if e["code"] == code)
     acc = await asyncio.to_thread(cli, "accept", entry["sender"], code, best)
     assert acc.returncode == 0, acc.stdout + acc.stderr
@@ -162,6 +162,6 @@ async def test_a_loinc_code_outside_the_subset_is_kept_and_not_backlogged(
     [obs] = doc["observations"]
     assert (obs["loinc"], obs["reason"], obs["notes"]) == (
         "94558-4", "loinc_not_in_catalogue", ["not_in_catalogue"])
-    from engine.backlog import open_entries
+    from engine.routing.backlog import open_entries
 
     assert await asyncio.to_thread(open_entries, eng.store) == []

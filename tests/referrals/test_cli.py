@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .support import DAC, ref
 
-PARCOURS = [sys.executable, "-c", "from engine.cli import main; main()"]
+PARCOURS = [sys.executable, "-c", "from engine.cli.main import main; main()"]
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -118,7 +118,7 @@ async def test_what_the_workflow_needs_is_answered_ae(make_engine: Any, store_ur
     assert _err(ack)[0].endswith("referred-to structure 130000009 is not a support structure "
                                  "known here") and "204^Unknown key identifier" in _err(ack)[0]
     # every refused message is kept (status error), none reaches the workflow
-    from engine.models import messages
+    from engine.store.models import messages
 
     with eng.store.engine.connect() as conn:
         assert [s for (s,) in conn.execute(select(messages.c.status))] == ["error"] * 4

@@ -11,14 +11,14 @@ from typing import Any
 from sqlalchemy import delete, insert, update
 from sqlalchemy.engine import Connection
 
-from engine.models import (
+from engine.store.database import content_digest
+from engine.store.models import (
     deliveries,
     delivery_attempts,
     mapping_backlog,
     mapping_backlog_messages,
     messages,
 )
-from engine.store import content_digest
 from engine.timeline.models import applied_events
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from engine.models import deliveries, messages
-from engine.store import Store
+from engine.store.database import Store
+from engine.store.models import deliveries, messages
 from tests.intake.test_ack_rules import msg
 from tests.retention.history import DeliverySpec, MessageSpec, write
 from tests.test_cli import PARCOURS, run

@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from engine.models import deliveries, delivery_attempts, mapping_backlog_messages, messages
-from engine.prune import Pruner
-from engine.retention import from_config
-from engine.store import Store, content_digest
+from engine.store.database import Store, content_digest
+from engine.store.models import deliveries, delivery_attempts, mapping_backlog_messages, messages
+from engine.store.prune import Pruner
+from engine.store.retention import from_config
 from engine.timeline.models import applied_events
 from tests.retention.history import DeliverySpec, MessageSpec, clear, write
 
@@ -76,7 +76,7 @@ def history(draw: st.DrawFn) -> list[MessageSpec]:
 
 
 def _rule(policy: dict[str, Any], channel: str, status: str) -> dict[str, Any]:
-    """Most specific wins, field by field (written apart from engine/retention.py)."""
+    """Most specific wins, field by field (written apart from engine/store/retention.py)."""
     layers = [policy.get("keep") or {}, (policy.get("statuses") or {}).get(status) or {}]
     chan = (policy.get("channels") or {}).get(channel)
     if chan:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.prune import Pruner, sqlite_auto_vacuum
-from engine.retention import from_config
-from engine.store import Store
+from engine.store.database import Store
+from engine.store.prune import Pruner, sqlite_auto_vacuum
+from engine.store.retention import from_config
 from tests.retention.history import DeliverySpec, MessageSpec, write
 from tests.test_cli import run
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import ConfigError, load_text
-from engine.retention import Keep, from_config
+from engine.store.retention import Keep, from_config
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

@@ -82,7 +82,7 @@ async def test_sighup_reloads_and_a_bad_file_keeps_the_running_routes(tmp_path: 
     rf.write_text(ROUTES.format(port=mllp, out=out, routes="  - {name: one, to: [out]}"))
     env = {**os.environ, "PARCOURS_HOME": str(tmp_path / "home"), "PARCOURS_ROUTES": str(rf),
            "PARCOURS_HTTP_PORT": str(http), "PARCOURS_MLLP_PORT": str(mllp)}
-    proc = subprocess.Popen([sys.executable, "-c", "from engine.cli import main; main()",
+    proc = subprocess.Popen([sys.executable, "-c", "from engine.cli.main import main; main()",
                              "serve", "--host", "127.0.0.1"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

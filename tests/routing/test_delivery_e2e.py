@@ -13,11 +13,11 @@ import httpx
 from sqlalchemy import select
 
 from connectors.mllp.client import MLLPClient
-from engine.models import deliveries, messages
+from engine.store.models import deliveries, messages
 from tests.intake.test_ack_rules import msg
 from transformers.hl7.ack import read_ack
 
-PARCOURS = [sys.executable, "-c", "from engine.cli import main; main()"]
+PARCOURS = [sys.executable, "-c", "from engine.cli.main import main; main()"]
 
 
 def routes(out: Path, extra_routes: str = "", port: int = 0) -> str:

@@ -26,7 +26,7 @@ import pytest
 from sqlalchemy import select
 
 from connectors.mllp.client import MLLPClient
-from engine.models import deliveries, delivery_attempts, messages
+from engine.store.models import deliveries, delivery_attempts, messages
 from tests.routing.test_rabbitmq import (
     Recorder,
     adt,

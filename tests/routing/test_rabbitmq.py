@@ -8,7 +8,8 @@ uses fixed queue names `parcours.partition.<p>`, so a vhost per test keeps runs 
   it owns by leases in the store), and every delivery is made exactly once, in order per
   patient, across the outage.
 - A consumer process killed: two `parcours serve` processes share the store and the broker,
-  each owning half the partitions (leases, engine/leases.py); one gets SIGKILL mid-stream; the
+  each owning half the partitions (leases, engine/delivery/leases.py); one gets SIGKILL
+  mid-stream; the
   other takes its partitions once their leases expire, and the routing (advisory lock); every
   message arrives, per-patient order holds, and at most the delivery in flight at the kill on
   each of its partitions arrives twice (same MSH-10). Three processes: test_scale_out.py.
@@ -43,7 +44,7 @@ from sqlalchemy import create_engine, func, select
 from connectors.mllp.client import MLLPClient
 from connectors.mllp.errors import MLLPError
 from connectors.mllp.server import MLLPServer, Peer
-from engine.models import deliveries, messages
+from engine.store.models import deliveries, messages
 from tests.conftest import RABBIT_URL, ROOT, require_service
 from transformers.hl7.ack import build_ack_bytes, read_ack
 from transformers.hl7.header import read_header
@@ -422,7 +423,7 @@ class EngineProcess:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", "from engine.cli import main; main()", "serve"],
+                [sys.executable, "-c", "from engine.cli.main import main; main()", "serve"],
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -600,7 +601,7 @@ async def test_killed_consumer_hands_its_partitions_over_in_order(
     before = [a for a in arrivals if a.at < kill_started]
     after = [a for a in arrivals if a.at > kill_done]
     # The kill landed mid-stream. Before it, both processes delivered (each owned half the
-    # partitions, engine/leases.py); after it, the survivor carried on alone.
+    # partitions, engine/delivery/leases.py); after it, the survivor carried on alone.
     assert before and after, logs
     assert all(a.code == "AA" for a in arrivals)
     assert {a.peer_port for a in before} & survivor_ports, logs

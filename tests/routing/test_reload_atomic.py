@@ -11,9 +11,9 @@ from typing import Any
 from sqlalchemy import select
 
 from engine.config import load_text
-from engine.models import deliveries
-from engine.router import Router
-from engine.transformer_registry import Registry
+from engine.routing.router import Router
+from engine.routing.transformers import Registry
+from engine.store.models import deliveries
 from tests.conftest import routes_text
 from tests.intake.test_ack_rules import msg
 from transformers.exchange import Exchange

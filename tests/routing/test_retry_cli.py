@@ -10,12 +10,12 @@ from typing import Any
 
 from sqlalchemy import select
 
-from engine.models import deliveries
+from engine.store.models import deliveries
 from tests.conftest import corpus
 from tests.routing.test_delivery_e2e import wait_status
 from transformers.hl7.ack import read_ack
 
-PARCOURS = [sys.executable, "-c", "from engine.cli import main; main()"]
+PARCOURS = [sys.executable, "-c", "from engine.cli.main import main; main()"]
 
 
 def _routes(out: Path) -> str:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from engine.config import load_text
-from engine.router import Router, exchange_from_bytes
-from engine.transformer_registry import Registry
+from engine.routing.router import Router, exchange_from_bytes
+from engine.routing.transformers import Registry
 from tests.conftest import corpus
 from transformers.exchange import Exchange
 

@@ -1,5 +1,5 @@
 """Scale-out that adds capacity: partitions spread over engine processes by leases with
-fencing tokens (issue #12, engine/leases.py).
+fencing tokens (issue #12, engine/delivery/leases.py).
 
 - Embedded (SQLite + in-memory bus, and the same on PostgreSQL): one process owns every
   partition, says so on /metrics and the dashboard, and a clean stop gives the leases back.
@@ -30,9 +30,9 @@ from sqlalchemy import create_engine, select
 from connectors.mllp.client import MLLPClient
 from connectors.mllp.errors import MLLPError
 from connectors.mllp.server import Peer
-from engine.leases import PartitionLeases, share
-from engine.models import deliveries, delivery_attempts, engine_members, partition_leases
-from engine.store import Store
+from engine.delivery.leases import PartitionLeases, share
+from engine.store.database import Store
+from engine.store.models import deliveries, delivery_attempts, engine_members, partition_leases
 from tests.routing.test_rabbitmq import (
     EngineProcess,
     Recorder,

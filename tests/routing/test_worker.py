@@ -1,5 +1,5 @@
 """`parcours serve` on the embedded default: intake in one process, routing and delivery in its
-worker (engine/worker.py). Checked from outside, as an operator sees it: the sender's ACKs
+worker (engine/delivery/worker.py). Checked from outside, as an operator sees it: the sender's ACKs
 (commit and application), the files written, /metrics, a SIGHUP, a SIGKILL."""
 
 from __future__ import annotations

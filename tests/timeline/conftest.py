@@ -22,7 +22,7 @@ _ids = itertools.count(1000)
 
 def events_of(raw: bytes, message_id: int | None = None) -> dict[str, Any]:
     """The events envelope the default routes would deliver to the timeline for `raw`."""
-    from engine.router import exchange_from_bytes
+    from engine.routing.router import exchange_from_bytes
     from transformers.builtin import BUILTIN
 
     ex = exchange_from_bytes(raw, "main")
@@ -58,7 +58,7 @@ class TL:
     """A Timeline on a real store, with shortcuts to apply messages and count rows."""
 
     def __init__(self, url: str) -> None:
-        from engine.store import Store
+        from engine.store.database import Store
         from engine.timeline import Timeline, TimelineSettings
 
         self.store = Store(url)

@@ -46,7 +46,7 @@ async def test_mllp_to_api(make_engine: Any, tmp_path: Path) -> None:
         else:
             from sqlalchemy import select
 
-            from engine.models import delivery_attempts
+            from engine.store.models import delivery_attempts
             from engine.timeline.models import timeline_events
 
             with eng.store.engine.connect() as conn:

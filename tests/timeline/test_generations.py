@@ -17,12 +17,12 @@ import httpx
 from sqlalchemy import select
 
 from connectors.mllp.client import MLLPClient
-from engine.models import deliveries
+from engine.store.models import deliveries
 from engine.timeline import auth
 from transformers.hl7.ack import read_ack
 
 ROOT = Path(__file__).resolve().parents[2]
-PARCOURS = [sys.executable, "-c", "from engine.cli import main; main()"]
+PARCOURS = [sys.executable, "-c", "from engine.cli.main import main; main()"]
 
 ORU = "\r".join([
     "MSH|^~\\&|SIL|LABO-BIO-PARIS15|PARCOURS|TERR-ESANTE-DEMO|20250114093000||ORU^R01^ORU_R01"
@@ -140,7 +140,7 @@ async def test_accepted_mapping_replaces_what_the_clinician_reads(
 
     # The same delivery again, and the first generation arriving late: no effect.
     tl = eng.engine.timeline
-    from engine.models import messages
+    from engine.store.models import messages
     from tests.timeline.conftest import events_of
 
     with eng.store.engine.connect() as conn:

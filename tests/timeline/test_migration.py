@@ -11,7 +11,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import insert, update
 from sqlalchemy.exc import DBAPIError
 
-from engine.store import Store
+from engine.store.database import Store
 from engine.timeline.models import audit_log, metadata
 
 

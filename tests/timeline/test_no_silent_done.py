@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from channels.outbound.base import OutboundItem
-from engine.models import deliveries, messages
+from engine.store.models import deliveries, messages
 from engine.timeline.apply import Applier
 from engine.timeline.destination import TimelineDestination
 from engine.timeline.models import applied_events, observations
@@ -23,7 +23,7 @@ from transformers.hl7.ack import read_ack
 from .conftest import FHIR, TL, events_of, read
 from .test_e2e import ROUTES
 
-PARCOURS = [sys.executable, "-c", "from engine.cli import main; main()"]
+PARCOURS = [sys.executable, "-c", "from engine.cli.main import main; main()"]
 
 
 def _cr(raw: bytes) -> bytes:

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, select
 
-from engine.models import messages
-from engine.store import Store
+from engine.store.database import Store
+from engine.store.models import messages
 from engine.ui.messages import Search, bare_patient_id, search
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)

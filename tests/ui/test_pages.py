@@ -84,7 +84,7 @@ async def test_message_page_and_retry_of_a_dead_letter(
     assert r.headers["location"] == "/ui/routes?done=reloaded"
     from sqlalchemy import select
 
-    from engine.models import deliveries
+    from engine.store.models import deliveries
 
     with ui_engine.store.engine.connect() as conn:
         dead_id = conn.execute(select(deliveries.c.id).where(

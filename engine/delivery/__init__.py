@@ -1,0 +1,1 @@
+"""Delivery: the outbox drained per partition, the bus, leases, the worker process."""

@@ -1,0 +1,1 @@
+"""Intake: what arrives, how it is acknowledged and made durable."""

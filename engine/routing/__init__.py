@@ -1,0 +1,1 @@
+"""Routing: accepted messages through routes and transformers into the outbox."""

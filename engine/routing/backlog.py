@@ -1,0 +1,115 @@
+"""The mapping backlog in the store: record unmapped codes, list them, accept a mapping.
+
+Recorded by the router in the same transaction that routes the message, so a code seen in a
+message is in the backlog exactly when the message is routed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.engine import Connection
+
+from engine.store.database import Store
+from engine.store.models import mapping_backlog, mapping_backlog_messages
+
+OPEN, MAPPED = "open", "mapped"
+
+
+def record(conn: Connection, message_id: int, entries: Iterable[dict[str, Any]]) -> int:
+    """Upsert backlog entries seen in one message; returns how many new codes appeared."""
+    now = datetime.now(UTC)
+    new = 0
+    seen: set[tuple[str, str, str, str]] = set()
+    for e in entries:
+        key = (e.get("sender") or "", e.get("performing_lab") or "", e.get("code") or "",
+               e.get("coding_system") or "")
+        if key in seen:
+            continue
+        seen.add(key)
+        where = and_(mapping_backlog.c.sender == key[0],
+                     mapping_backlog.c.performing_lab == key[1],
+                     mapping_backlog.c.code == key[2], mapping_backlog.c.coding_system == key[3])
+        row = conn.execute(select(mapping_backlog.c.id, mapping_backlog.c.status)
+                           .where(where)).first()
+        if row is None:
+            backlog_id = conn.execute(insert(mapping_backlog).returning(mapping_backlog.c.id), {
+                "sender": key[0], "performing_lab": key[1], "code": key[2],
+                "coding_system": key[3], "text": (e.get("text") or "")[:512],
+                "unit": (e.get("unit") or "")[:64], "reason": (e.get("reason") or "")[:64],
+                "example_value": (e.get("example_value") or "")[:255], "count": 1,
+                "first_seen": now, "last_seen": now, "status": OPEN, "loinc": None,
+            }).scalar_one()
+            new += 1
+        else:
+            backlog_id = row.id
+            linked = conn.execute(select(func.count()).select_from(mapping_backlog_messages)
+                                  .where(mapping_backlog_messages.c.backlog_id == backlog_id,
+                                         mapping_backlog_messages.c.message_id == message_id)
+                                  ).scalar_one()
+            if linked:
+                continue  # a replay of the same message: count it once
+            conn.execute(update(mapping_backlog).where(mapping_backlog.c.id == backlog_id)
+                         .values(count=mapping_backlog.c.count + 1, last_seen=now,
+                                 status=OPEN if row.status == OPEN else row.status))
+        conn.execute(insert(mapping_backlog_messages),
+                     {"backlog_id": backlog_id, "message_id": message_id})
+    return new
+
+
+def open_entries(store: Store, sender: str | None = None) -> list[dict[str, Any]]:
+    q = select(mapping_backlog).where(mapping_backlog.c.status == OPEN)
+    if sender:
+        q = q.where(mapping_backlog.c.sender == sender)
+    q = q.order_by(mapping_backlog.c.count.desc(), mapping_backlog.c.id)
+    with store.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def size(store: Store) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(mapping_backlog)
+                                .where(mapping_backlog.c.status == OPEN)).scalar_one())
+
+
+def find(store: Store, sender: str, code: str, coding_system: str | None = None
+         ) -> list[dict[str, Any]]:
+    q = select(mapping_backlog).where(mapping_backlog.c.sender == sender,
+                                      mapping_backlog.c.code == code)
+    if coding_system is not None:
+        q = q.where(mapping_backlog.c.coding_system == coding_system)
+    with store.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def mark_mapped(store: Store, backlog_ids: list[int], loinc: str) -> list[int]:
+    """Close entries; return the ids of the messages that carried them (to reprocess)."""
+    with store.engine.begin() as conn:
+        conn.execute(update(mapping_backlog).where(mapping_backlog.c.id.in_(backlog_ids))
+                     .values(status=MAPPED, loinc=loinc))
+        return sorted({int(m) for m in conn.execute(
+            select(mapping_backlog_messages.c.message_id)
+            .where(mapping_backlog_messages.c.backlog_id.in_(backlog_ids))).scalars()})
+
+
+def accept(store: Store, mapping_dir: Path, sender: str, code: str, loinc: str, *,
+           coding_system: str | None = None, unit: str | None = None) -> tuple[Path, list[int]]:
+    """Write the mapping into the sender's file (validated), close the backlog entries, and
+    return the messages to reprocess."""
+    from loinc.catalogue import load_catalogue
+    from mappings.loader import accept_mapping
+
+    entries = find(store, sender, code, coding_system)
+    system = coding_system if coding_system is not None else (
+        entries[0]["coding_system"] if entries else "")
+    text = entries[0]["text"] if entries else None
+    lab = entries[0]["performing_lab"] if entries else None
+    path = accept_mapping(mapping_dir, sender, code, system, loinc, unit,
+                          performing_lab=lab if lab and lab != sender else None, text=text,
+                          catalogue=load_catalogue())
+    message_ids = mark_mapped(store, [e["id"] for e in entries], loinc) if entries else []
+    return path, message_ids

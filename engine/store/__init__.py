@@ -1,0 +1,1 @@
+"""The store: schema, queries, migrations, retention."""
