@@ -150,3 +150,23 @@ async def make_engine(
         if e.started:
             await e.stop()
     await asyncio.sleep(0)
+
+
+# -- running the suite on several workers (pytest-xdist, `make test`) ----------------------------
+
+# Tests that share one thing no fresh database or vhost isolates: the RabbitMQ node itself
+# (tests/routing/test_rabbitmq.py stops and restarts it, so nothing else that talks to the broker
+# may run meanwhile), and the npm install of the FHIR client under var/. Each group runs on one
+# worker (`--dist loadgroup`); everything else spreads over the workers.
+_SERIAL_GROUPS = {
+    "broker": ("tests/routing/", "tests/test_bench_scripts.py", "tests/test_compose.py"),
+    "npm": ("tests/fhir/test_clients.py",),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.fspath)).resolve().relative_to(ROOT).as_posix()
+        for group, prefixes in _SERIAL_GROUPS.items():
+            if path.startswith(prefixes):
+                item.add_marker(pytest.mark.xdist_group(group))
