@@ -158,15 +158,23 @@ async def make_engine(
 # (tests/routing/test_rabbitmq.py stops and restarts it, so nothing else that talks to the broker
 # may run meanwhile), and the npm install of the FHIR client under var/. Each group runs on one
 # worker (`--dist loadgroup`); everything else spreads over the workers.
-_SERIAL_GROUPS = {
-    "broker": ("tests/routing/", "tests/test_bench_scripts.py", "tests/test_compose.py"),
-    "npm": ("tests/fhir/test_clients.py",),
-}
+_BROKER_WORDS = ("fresh_vhost", "RABBIT_URL", "test_rabbitmq", "broker_url")
+_module_words: dict[Path, bool] = {}
+
+
+def _talks_to_the_broker(item: pytest.Item) -> bool:
+    if item.get_closest_marker("rabbitmq") or "stack" in getattr(item, "fixturenames", ()):
+        return True
+    path = Path(str(item.fspath))
+    if path not in _module_words:
+        text = path.read_text(encoding="utf-8") if path.parent.name == "routing" else ""
+        _module_words[path] = any(word in text for word in _BROKER_WORDS)
+    return _module_words[path]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        path = Path(str(item.fspath)).resolve().relative_to(ROOT).as_posix()
-        for group, prefixes in _SERIAL_GROUPS.items():
-            if path.startswith(prefixes):
-                item.add_marker(pytest.mark.xdist_group(group))
+        if _talks_to_the_broker(item):
+            item.add_marker(pytest.mark.xdist_group("broker"))
+        elif Path(str(item.fspath)).name == "test_clients.py":
+            item.add_marker(pytest.mark.xdist_group("npm"))
