@@ -91,7 +91,14 @@ class Timeline:
     def apply(self, envelope: dict[str, Any], generation: int = 0) -> dict[str, int]:
         """``generation``: the delivery's (0 for the first routing, + 1 per replay)."""
         with self.db.begin() as conn:
-            return self.applier.apply(conn, envelope, generation)
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # see _apply_all
+            result = BatchApplier(self.applier).apply_chunk(
+                conn, [("", envelope, generation)], set())[0]
+        if isinstance(result, Exception):
+            raise result
+        assert result is not None  # a chunk of one is always attempted
+        return result
 
     def apply_many(self, envelopes: list[tuple[str, dict[str, Any], int]]
                    ) -> list[dict[str, int] | Exception | None]:
