@@ -68,7 +68,7 @@ def _feed_state(status: str, response: str | None) -> str:
 
 TRANSACTION_BUDGET_S = 0.02  # longest hold of the write lock by one timeline transaction
 CHUNK_MAX = 64  # envelopes applied set-based together (their probes and writes)
-CHUNK_MIN = 8  # a smaller chunk than this waits for the next transaction
+CHUNK_MIN = 16  # the smallest chunk; a smaller one left waits for the next transaction
 
 
 class Timeline:
@@ -139,7 +139,10 @@ class Timeline:
                     size = min(CHUNK_MAX, int(left / self._per_envelope))
                     if size < CHUNK_MIN and i > first:
                         break  # too little left for a chunk worth its probes: commit
-                    size = max(1, size)
+                    # Never below CHUNK_MIN: a chunk's probes and writes cost the same for
+                    # one envelope as for many, so sizing on the time per envelope of small
+                    # chunks alone would shrink the chunks down to one.
+                    size = max(CHUNK_MIN, size)
                     chunk = envelopes[i:i + size]
                     t0 = time.monotonic()
                     out.extend(batch.apply_chunk(conn, chunk, stopped))

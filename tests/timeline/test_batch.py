@@ -230,15 +230,17 @@ def test_a_failing_run_is_redone_one_by_one(tl_any: TL) -> None:
 def test_long_batches_commit_within_the_budget(tl: TL, monkeypatch: pytest.MonkeyPatch
                                                ) -> None:
     """The write lock is given back between chunks once the budget is spent (here at
-    once): every chunk is its own transaction, so the intake never waits behind a batch."""
+    once): every chunk (of the smallest size) is its own transaction, so the intake never
+    waits behind a batch."""
     monkeypatch.setattr(service, "TRANSACTION_BUDGET_S", 0.0)
+    monkeypatch.setattr(service, "CHUNK_MIN", 2)
     commits: list[int] = []
     event.listen(tl.store.engine, "commit", lambda conn: commits.append(1))
     seq = [(f"P{n}", events_of(oru(f"M{n}", f"P{n}", order=f"O{n}"), n), 0)
-           for n in range(1, 6)]
+           for n in range(1, 7)]
     tl.timeline.apply_many(seq)
-    assert len(commits) == 5
-    assert len(tl.rows(timeline_events)) == 5
+    assert len(commits) == 3
+    assert len(tl.rows(timeline_events)) == 6
 
 
 def test_eligible_shapes() -> None:
