@@ -60,6 +60,9 @@ _OBS_INSERT = ("event_id", "key", "deleted", *_OBS_VALUES)
 _OBS_ROW = itemgetter(*_OBS_INSERT)
 
 
+_MISSING = object()
+
+
 class _Slow(Exception):
     """This envelope needs `Applier.apply` (a case the set-based path does not decide)."""
 
@@ -158,6 +161,7 @@ class _Chunk:
         self.identifiers: list[tuple[Any, ...]] = []
         self.history: list[tuple[Any, ...]] = []
         self.marks: list[tuple[Any, ...]] = []
+        self._times: dict[Any, Any] = {}  # OBX time (ISO text) → as the driver stores it
 
     # -- probes ------------------------------------------------------------------------
 
@@ -345,8 +349,7 @@ class _Chunk:
                 if row is not None:
                     self._set(row, {"deleted": True, "status": o.get("status") or "D"})
                 continue
-            values = _observation_values(patient_id, o, message_id)
-            values["observed_at"] = self.raw.value(values["observed_at"])
+            values = self._values(patient_id, o, message_id)
             if row is None:
                 new = _Obs(key, message_id, False, values["status"],
                            row={"event_id": None, "key": key, "deleted": False, **values})
@@ -363,6 +366,38 @@ class _Chunk:
         for key, mid, was_deleted, status in before:
             if mid == message_id and not was_deleted and key not in latest:
                 self._set(event.obs[key], {"deleted": True, "status": status})
+
+    def _values(self, patient_id: int, o: dict[str, Any], message_id: int
+                ) -> dict[str, Any]:
+        """apply._observation_values, with the time as the driver stores it, converted once
+        per distinct OBX time (a message's OBX share one): the row of every OBX is built
+        here, so its cost is the chunk's largest in Python."""
+        get = o.get
+        original = get("original") or {}
+        analyte = get("analyte") or (None, None)
+        value = get("value")
+        try:
+            num = float(value) if value is not None else None
+        except ValueError:
+            num = None
+        at = get("at")
+        observed = self._times.get(at, _MISSING)
+        if observed is _MISSING:
+            observed = self._times[at] = self.raw.value(ts(at))
+        oget = original.get
+        return {
+            "patient_id": patient_id, "loinc": get("loinc"), "component": analyte[0],
+            "system": analyte[1], "display": (get("display") or "")[:512],
+            "outcome": get("outcome"), "value": value, "value_num": num,
+            "value_text": get("value_text"), "comparator": get("comparator"),
+            "unit": get("unit"), "reference_low": get("reference_low"),
+            "reference_high": get("reference_high"), "abnormal_flag": get("abnormal_flag"),
+            "status": get("status"), "performing_lab": get("performing_lab"),
+            "observed_at": observed, "original_code": oget("code"),
+            "original_system": oget("coding_system"),
+            "original_value": (oget("value") or "")[:255],
+            "original_unit": oget("unit"), "message_id": message_id,
+        }
 
     @staticmethod
     def _set(o: _Obs, change: dict[str, Any]) -> None:
