@@ -27,6 +27,7 @@ each in its own savepoint, so a failure is reported for its own envelope only, a
 
 from __future__ import annotations
 
+import functools
 import json
 import zlib
 from collections.abc import Iterable, Sequence
@@ -35,6 +36,7 @@ from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
 
+from sqlalchemy import Table
 from sqlalchemy.engine import Connection
 
 from engine.store.database import _sqlite_value
@@ -47,6 +49,7 @@ from engine.timeline.apply import (
     ts,
 )
 from engine.timeline.identity import DEMOGRAPHICS, QUALIFIED_STATUSES, TRAITS, _norm
+from engine.timeline.models import observations, timeline_events
 
 Result = dict[str, int] | Exception | None
 Item = tuple[str, dict[str, Any], int]  # (order key, envelope, generation)
@@ -102,6 +105,38 @@ class _Raw:
     def many(self, text: str, params: list[tuple[Any, ...]]) -> None:
         if params:
             self.cur.executemany(self.sql(text), params)
+
+    def insert(self, table: Table, columns: Sequence[str], rows: list[tuple[Any, ...]]
+               ) -> None:
+        """Rows in order, one statement: on PostgreSQL a COPY (psycopg's executemany sends
+        and dumps a statement per row, and arrays for `unnest` are dumped element by element
+        in Python); on SQLite the driver's executemany, one prepared statement stepped per
+        row."""
+        if not rows:
+            return
+        names = ", ".join(_quoted(columns))
+        if self.sqlite or len(rows) == 1:
+            self.many(f"INSERT INTO {table.name} ({names}) "
+                      f"VALUES ({', '.join('?' for _ in columns)})", rows)
+            return
+        with self.cur.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def update(self, table: Table, columns: Sequence[str], rows: list[tuple[Any, ...]]
+               ) -> None:
+        """`UPDATE … SET columns WHERE id` for rows of (*values, id), each id once."""
+        if not rows:
+            return
+        if self.sqlite or len(rows) == 1:
+            self.many(f"UPDATE {table.name} SET {_sets(columns)} WHERE id = ?", rows)
+            return
+        arrays = ", ".join(f"%s::{t}[]" for t in (*_pg_types(table, columns), "bigint"))
+        sets = ", ".join(f'"{c}" = v."{c}"' for c in columns)
+        names = ", ".join(_quoted((*columns, "row_id")))
+        self.cur.execute(f"UPDATE {table.name} AS t SET {sets} FROM unnest({arrays}) "
+                         f"AS v({names}) WHERE t.id = v.row_id",
+                         [list(c) for c in zip(*rows, strict=True)])
 
     def in_list(self, column: str, type_: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         """`column IN (…)`: `= ANY(array)` on PostgreSQL (one parameter)."""
@@ -426,10 +461,9 @@ class _Chunk:
                  "event_key) DO UPDATE SET applied_at = excluded.applied_at, "
                  "generation = excluded.generation", self.marks)
         if self.new_events:
-            cols = list(self.new_events[0].row or ())
-            raw.many(f"INSERT INTO timeline_events ({', '.join(_quoted(cols))}) "
-                     f"VALUES ({', '.join('?' for _ in cols)})",
-                     [tuple(e.row[c] for c in cols) for e in self.new_events if e.row])
+            cols = [c for c in self.new_events[0].row or () if c != "_event"]
+            raw.insert(timeline_events, cols,
+                       [tuple(e.row[c] for c in cols) for e in self.new_events if e.row])
             where, params = raw.in_list('"key"', "text",
                                         [e.row["key"] for e in self.new_events if e.row])
             ids = {k: int(i) for i, k in raw.rows(
@@ -439,9 +473,8 @@ class _Chunk:
                 assert e.row is not None
                 e.id = ids[e.row["key"]]
         updates = [e for e in self.events.values() if e.row is None and e.changes]
-        raw.many(f"UPDATE timeline_events SET {_sets(_EVENT_UPDATE)} "
-                 "WHERE id = ?",
-                 [(*(e.changes[c] for c in _EVENT_UPDATE), e.id) for e in updates])
+        raw.update(timeline_events, _EVENT_UPDATE,
+                   [(*(e.changes[c] for c in _EVENT_UPDATE), e.id) for e in updates])
         inserts = []
         for o in self.new_obs:
             assert o.row is not None
@@ -449,8 +482,7 @@ class _Chunk:
             if event is not None:
                 o.row["event_id"] = event.id
             inserts.append(_OBS_ROW(o.row))
-        raw.many(f"INSERT INTO observations ({', '.join(_quoted(_OBS_INSERT))}) "
-                 f"VALUES ({', '.join('?' for _ in _OBS_INSERT)})", inserts)
+        raw.insert(observations, _OBS_INSERT, inserts)
         shapes: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
         for event in self.events.values():
             for o in event.obs.values():
@@ -459,12 +491,27 @@ class _Chunk:
                     shapes.setdefault(shape, []).append(
                         (*(o.changes[c] for c in shape), o.id))
         for shape, params in shapes.items():
-            raw.many(f"UPDATE observations SET {_sets(shape)} "
-                     "WHERE id = ?", params)
+            raw.update(observations, shape, params)
 
 
 def _quoted(columns: Sequence[str]) -> list[str]:
     return [f'"{c}"' for c in columns]
+
+
+@functools.cache
+def _pg_type(table: Table, column: str) -> str:
+    """The array element type of a column: VARCHAR(n) as text, so that a value too long is
+    refused by the assignment to the column (an explicit cast to VARCHAR(n) would cut it)."""
+    from sqlalchemy.dialects import postgresql
+
+    name = table.c[column].type.compile(dialect=postgresql.dialect())
+    if name.startswith("VARCHAR"):
+        return "text"
+    return {"FLOAT": "float8"}.get(name, name.lower())
+
+
+def _pg_types(table: Table, columns: Sequence[str]) -> list[str]:
+    return [_pg_type(table, c) for c in columns]
 
 
 def _sets(columns: Sequence[str]) -> str:
