@@ -7,12 +7,12 @@ and a statement through Core costs more than SQLite takes to run it. Here a chun
 is applied with a fixed number of statements on the driver's cursor, whatever the number of
 messages: one applied-events probe, one identity probe, one read of the patients found and of
 their INS, one probe of the result events and one of their observations; then one statement
-per table written (SQLite: executemany; PostgreSQL: COPY, or UPDATE … FROM unnest). Decisions are taken in Python, envelope after envelope in the
-chunk's order, on an in-memory copy of what the probes read — the holders of identifiers
-(with the links made meanwhile), the patient rows, the events and observations already
-written by earlier envelopes of the chunk — so the outcome is the one `Applier.apply` gives
-applying them one after the other. Only the last state of a row is written: within one
-transaction nobody sees the intermediate ones.
+per table written (SQLite: executemany; PostgreSQL: COPY, or UPDATE … FROM unnest).
+Decisions are taken in Python, envelope after envelope in the chunk's order, on an in-memory
+copy of what the probes read — the holders of identifiers (with the links made meanwhile), the
+patient rows, the events and observations already written by earlier envelopes of the chunk —
+so the outcome is the one `Applier.apply` gives applying them one after the other. Only the
+last state of a row is written: within one transaction nobody sees the intermediate ones.
 
 What the set-based path takes: envelopes whose events are all `result` (ORU^R01 without a
 CDA), for a patient block without withdrawn identifiers, whose identifiers name one known
