@@ -121,6 +121,9 @@ def _once(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     differ are all kept and applied in order — each handler upserts by key, so the later
     one completes or corrects the earlier, as a later message would.
     """
+    if all(isinstance(ev, dict) and isinstance(ev.get("key"), str) for ev in events) and len(
+            {(ev.get("type"), ev["key"]) for ev in events}) == len(events):
+        return list(events)  # no two share a key: no repeat to look for (the usual case)
     seen: set[str] = set()
     out: list[dict[str, Any]] = []
     for ev in events:

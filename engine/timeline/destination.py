@@ -12,7 +12,9 @@ Outcomes:
   try — a failure in the data, which waiting would only repeat while the patient's next
   messages wait behind it.
 
-Many deliveries are applied at once (`send_batch`, one transaction), in the partition's order.
+Many deliveries are applied at once (`send_batch`), in the partition's order, in transactions
+of at most 20 ms of holding the write lock, results set-based a chunk at a time
+(engine/timeline/batch.py).
 """
 
 from __future__ import annotations

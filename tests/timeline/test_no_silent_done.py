@@ -14,6 +14,7 @@ from sqlalchemy import insert, select
 
 from channels.outbound.base import OutboundItem
 from engine.store.models import deliveries, messages
+from engine.timeline import batch
 from engine.timeline.apply import Applier
 from engine.timeline.destination import TimelineDestination
 from engine.timeline.models import applied_events, observations
@@ -83,15 +84,37 @@ async def test_message_with_no_timeline_event_is_dead_lettered(
 
 
 class _Breaking(Applier):
-    """Breaks the applied_events primary key for real, `times` times, then applies."""
+    """Breaks the applied_events primary key for real on the first `times` tries of the
+    store (each call of Timeline.apply_many / apply), then applies. A try breaks on both of
+    its paths: the set-based chunk (engine/timeline/batch.py) and the envelope-at-a-time
+    apply it falls back to, as a row the database refuses would."""
 
-    def __init__(self, settings: Any, times: int) -> None:
+    def __init__(self, settings: Any, times: int, timeline: Any,
+                 monkeypatch: pytest.MonkeyPatch) -> None:
         super().__init__(settings)
         self.left = times
+        self.breaking = False
+        for name in ("apply", "apply_many"):
+            monkeypatch.setattr(timeline, name, self._try(getattr(timeline, name)))
+        flush = batch._Chunk.flush
+
+        def breaking_flush(chunk: Any) -> None:
+            if self.breaking:
+                row = (1, "x", "x", None, 0)
+                chunk.raw.many("INSERT INTO applied_events (message_id, event_type, "
+                               "event_key, applied_at, generation) VALUES (?, ?, ?, ?, ?)",
+                               [row, row])
+            flush(chunk)
+        monkeypatch.setattr(batch._Chunk, "flush", breaking_flush)
+
+    def _try(self, inner: Any) -> Any:
+        def one_try(*args: Any) -> Any:
+            self.breaking, self.left = self.left > 0, self.left - 1
+            return inner(*args)
+        return one_try
 
     def apply(self, conn: Any, env: dict[str, Any], generation: int = 0) -> dict[str, int]:
-        if self.left > 0:
-            self.left -= 1
+        if self.breaking:
             row = {"message_id": 1, "event_type": "x", "event_key": "x", "applied_at": None}
             conn.execute(insert(applied_events), [row, row])
         return super().apply(conn, env, generation)
@@ -109,13 +132,14 @@ def _item(raw: bytes, message_id: int) -> OutboundItem:
 
 @pytest.mark.parametrize(("times", "kind"), [(1, "delivered"), (2, "dead")])
 async def test_race_is_retried_at_once_a_deterministic_conflict_dead_letters(
-        store_url: str, times: int, kind: str, caplog: pytest.LogCaptureFixture) -> None:
+        store_url: str, times: int, kind: str, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """A conflict that a second try clears was a race; one that comes back is in the data:
     dead-lettered at once with its reason and logged with the message id, never retried
     for minutes behind the patient's next messages."""
     tl = TL(store_url)
     dest = TimelineDestination("timeline", {}, tl.timeline)
-    tl.timeline.applier = _Breaking(tl.timeline.settings, times)
+    tl.timeline.applier = _Breaking(tl.timeline.settings, times, tl.timeline, monkeypatch)
     with caplog.at_level(logging.INFO, logger="parcours.timeline"):
         outcome = await dest.send(_item(_cr(read(*FHIR, "LAB-ORU-1.hl7")), 4242))
     assert outcome.kind == kind, outcome.detail
