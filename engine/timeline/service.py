@@ -19,6 +19,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from engine.store.models import deliveries
+from engine.store.write_gate import gate_of
 from engine.timeline import audit, conflicts
 from engine.timeline.apply import Applier
 from engine.timeline.auth import Authenticator, Principal
@@ -118,10 +119,12 @@ class Timeline:
                    ) -> list[dict[str, int] | Exception | None]:
         """Chunks of envelopes go to the set-based applier (engine/timeline/batch.py); a
         chunk is sized from the CPU the previous ones took per envelope, so that the
-        transaction commits close to `TRANSACTION_BUDGET_S` of holding the write lock."""
+        transaction commits close to `TRANSACTION_BUDGET_S` of holding the write lock, or
+        after the chunk in hand when another writer waits for SQLite's write gate."""
         out: list[dict[str, int] | Exception | None] = []
         stopped: set[str] = set()
         batch = BatchApplier(self.applier)
+        gate = gate_of(self.db)
         i = 0
         while i < len(envelopes):
             with self.db.begin() as conn:
@@ -135,6 +138,8 @@ class Timeline:
                 started = time.monotonic()
                 first = i
                 while i < len(envelopes):
+                    if i > first and gate is not None and gate.others_waiting():
+                        break  # intake's group commit (or another writer) waits: let it go
                     left = TRANSACTION_BUDGET_S - (time.monotonic() - started)
                     size = min(CHUNK_MAX, int(left / self._per_envelope))
                     if size < CHUNK_MIN and i > first:

@@ -250,3 +250,32 @@ def test_eligible_shapes() -> None:
     assert not batch.eligible({**env, "patient": {**env["patient"],
                                                   "withdrawn": [{"type": "INS"}]}})
     assert not batch.eligible(events_of(read(*FHIR, "ADT-A01-01.hl7"), 2))
+
+
+def test_a_waiting_writer_ends_the_transaction_after_the_chunk_in_hand(
+        tl: TL, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite: when another writer waits for the write gate (the intake's group commit), the
+    batch commits after the chunk it is applying instead of filling its budget first. The
+    gate's own detection of waiters is tested in tests/intake/test_write_gate.py."""
+    from engine.store.write_gate import gate_of
+
+    gate = gate_of(tl.store.engine)
+    if gate is None:
+        pytest.skip("PostgreSQL has no write gate: its writers do not queue on one lock")
+    monkeypatch.setattr(service, "TRANSACTION_BUDGET_S", 60.0)
+    monkeypatch.setattr(service, "CHUNK_MIN", 2)
+    monkeypatch.setattr(service, "CHUNK_MAX", 2)  # chunks of two: three of them
+    commits: list[int] = []
+    event.listen(tl.store.engine, "commit", lambda conn: commits.append(1))
+    seq = [(f"P{n}", events_of(oru(f"M{n}", f"P{n}", order=f"O{n}"), n), 0)
+           for n in range(1, 7)]
+    tl.timeline.apply_many(seq)
+    assert len(commits) == 1  # nobody waits: one transaction for the whole batch
+
+    commits.clear()
+    monkeypatch.setattr(gate, "others_waiting", lambda: True)
+    seq = [(f"Q{n}", events_of(oru(f"N{n}", f"Q{n}", order=f"R{n}"), n), 0)
+           for n in range(1, 7)]
+    tl.timeline.apply_many(seq)
+    assert len(commits) == 3
+    assert len(tl.rows(timeline_events)) == 12
