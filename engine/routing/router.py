@@ -108,9 +108,12 @@ def exchange_from_row(row: dict[str, Any]) -> Exchange:
         "received_date": received.strftime("%Y-%m-%d") if hasattr(received, "strftime") else None,
         "origin": row.get("origin"),
     }
+    # One reading of the message for all its routes: transformers that need the message as
+    # received (normalise_lab, oru_events, crbio) find it here instead of parsing it again.
+    shared: dict[str, Any] = {"parsed": (text_value, message)} if message is not None else {}
     return Exchange(message_id=int(row.get("id") or 0), channel=row.get("channel") or "",
                     raw=raw, text=text_value, message=message, headers=headers,
-                    content_type=content_type)
+                    content_type=content_type, shared=shared)
 
 
 def exchange_from_bytes(raw: bytes, channel: str = "test") -> Exchange:
@@ -233,10 +236,14 @@ class Router:
     # -- pure evaluation ------------------------------------------------------------------
 
     def evaluate(self, ex: Exchange, active: ActiveRoutes | None = None, *,
-                 run_disabled: bool = False, cpu: dict[str, float] | None = None
-                 ) -> list[RouteResult]:
+                 run_disabled: bool = False, cpu: dict[str, float] | None = None,
+                 preview: bool = True) -> list[RouteResult]:
         """Routing skips the transformers of a route whose destinations are all disabled;
-        a dry run (`run_disabled`) runs them, so an operator sees what they would receive."""
+        a dry run (`run_disabled`) runs them, so an operator sees what they would receive.
+
+        `preview`: describe each step's output (`RouteResult.steps`, for dry runs and
+        `parcours routes test`); routing does without, since serialising an intermediate
+        JSON body only to report its size was a large share of the router's CPU."""
         active = active or self.active
         config, routes, disabled = active.config, active.routes, active.disabled
         results: list[RouteResult] = []
@@ -255,6 +262,7 @@ class Router:
                 continue
             result = RouteResult(route.cfg.name, True)
             current: Exchange | None = ex.copy()
+            last: tuple[bytes, str] | None = None  # the payload after the last step
             for name, fn in route.chain:
                 started = time.thread_time()
                 try:
@@ -269,10 +277,13 @@ class Router:
                 if current is None:
                     result.filtered_by = name
                     break
-                body, ctype = current.payload()
-                result.steps.append((name, f"{ctype}, {len(body)} bytes"))
+                if preview:
+                    last = current.payload()
+                    result.steps.append((name, f"{last[1]}, {len(last[0])} bytes"))
+                else:
+                    last = None
             if current is not None:
-                body, ctype = current.payload()
+                body, ctype = last if last is not None else current.payload()
                 result.payloads = [DestinationPayload(d, body, ctype) for d in route.cfg.to]
                 result.backlog = list(current.headers.get("mapping_backlog") or [])
                 result.counts = dict(current.headers.get("normalisation_counts") or {})
@@ -392,7 +403,7 @@ class Router:
         caller to record in its write transaction."""
         active = active or self.active
         ex = exchange_from_row(row)
-        results = self.evaluate(ex, active, cpu=self.transformer_cpu)
+        results = self.evaluate(ex, active, cpu=self.transformer_cpu, preview=False)
         backlog_entries = [b for r in results for b in r.backlog]
         if backlog is not None and backlog_entries:
             backlog.append((int(row["id"]), backlog_entries))
