@@ -45,10 +45,9 @@ _ROUTING_COLUMNS = [messages.c[name] for name in (
 
 def _record_backlog(conn: Connection, backlog: list[tuple[int, list[dict[str, Any]]]]) -> None:
     if backlog:
-        from engine.routing.backlog import record
+        from engine.routing.backlog import record_many
 
-        for message_id, entries in backlog:
-            record(conn, message_id, entries)
+        record_many(conn, backlog)
 
 
 def partition_of(patient_key: str | None, message_id: int, partitions: int) -> int:
