@@ -73,7 +73,16 @@ def _write_outbox(store: Store, conn: Connection, statuses: list[dict[str, Any]]
     gate = gate_of(store.engine)
     if gate is not None:  # the raw cursor bypasses the statement hook that takes it
         gate.hold(raw)
-    value = _sqlite_value if sqlite else (lambda v: v)
+    memo: dict[datetime, Any] = {}  # one `now` for every row of the batch: formatted once
+
+    def value(v: Any) -> Any:
+        if not sqlite or type(v) is not datetime:
+            return v
+        got = memo.get(v)
+        if got is None:
+            got = memo[v] = _sqlite_value(v)
+        return got
+
     cur = raw.cursor()
     try:
         cur.executemany(_ROUTED_UPDATE if sqlite else _ROUTED_UPDATE.replace("?", "%s"),
@@ -183,6 +192,9 @@ class PrunedMessage(Exception):
                 "(parcours prune); it cannot be routed again")
 
 
+_UNDECIDED: Any = object()
+
+
 def _first_component(value: str) -> str:
     return value.split("^", 1)[0]
 
@@ -198,9 +210,30 @@ class CompiledRoute:
                 v = when[key]
                 self.match_values[key] = {v} if isinstance(v, str) else set(v)
         self.chain = [(name, resolve(name)) for name in cfg.transform]
+        # What the header tests decided, by the header values they read: a feed sends the
+        # same few types from the same few senders all day.
+        self._keys = tuple(self.match_values)
+        self._decided: dict[tuple[Any, ...], str | None] = {}
 
     def why_not(self, ex: Exchange) -> str | None:
         """None when the route matches; else a sentence saying which test failed."""
+        h = ex.headers
+        key = (h.get("origin"), ex.channel, *(h.get(k) for k in self._keys))
+        reason = self._decided.get(key, _UNDECIDED)
+        if reason is _UNDECIDED:
+            if len(self._decided) > 4096:  # bounded, whatever senders send
+                self._decided.clear()
+            reason = self._decided[key] = self._header_test(ex)
+        if reason is not None:
+            return reason
+        for cond in self.conditions:
+            if ex.message is None:
+                return f"{cond.text!r}: not an HL7 v2 message"
+            if not cond.holds(ex.message):
+                return f"condition {cond.text!r} does not hold"
+        return None
+
+    def _header_test(self, ex: Exchange) -> str | None:
         if not self.cfg.enabled:
             return "route is disabled"
         if ex.headers.get("origin") == "history" and not self.cfg.history:
@@ -211,11 +244,6 @@ class CompiledRoute:
             value = ex.headers.get(key) or ""
             if value not in allowed and _first_component(value) not in allowed:
                 return f"{key} {value!r} is not one of {sorted(allowed)}"
-        for cond in self.conditions:
-            if ex.message is None:
-                return f"{cond.text!r}: not an HL7 v2 message"
-            if not cond.holds(ex.message):
-                return f"condition {cond.text!r} does not hold"
         return None
 
 
