@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass
 from decimal import Decimal
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +80,7 @@ def context() -> LabContext:
     return _context
 
 
-_FIELDS: dict[type, tuple[str, ...]] = {}
+_FIELDS: dict[type, tuple[tuple[str, ...], Callable[[Any], Any]]] = {}
 _LEAVES = frozenset({str, int, float, bool, type(None)})
 
 
@@ -91,15 +93,19 @@ def plain(value: Any) -> Any:
         return value
     if kind is Decimal:
         return str(value)
-    names = _FIELDS.get(kind)
-    if names is None and is_dataclass(value) and not isinstance(value, type):
-        names = _FIELDS[kind] = tuple(f.name for f in fields(value))
-    if names is not None:
-        out = {}
-        for n in names:
-            v = getattr(value, n)
-            out[n] = v if type(v) in _LEAVES else plain(v)
-        return out
+    known = _FIELDS.get(kind)
+    if known is None and is_dataclass(value) and not isinstance(value, type):
+        names = tuple(f.name for f in fields(value))
+        # attrgetter of several names returns a tuple; of one, the value alone.
+        getter: Callable[[Any], Any] = (
+            attrgetter(*names) if len(names) > 1
+            else (lambda v, g=attrgetter(names[0]): (g(v),)) if names else (lambda v: ()))
+        known = _FIELDS[kind] = (names, getter)
+    if known is not None:
+        names, getter = known
+        leaves = _LEAVES
+        return {n: v if type(v) in leaves else plain(v)
+                for n, v in zip(names, getter(value), strict=True)}
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
