@@ -169,3 +169,12 @@ def test_search_and_prune_benches_run() -> None:
     out = run("bench/prune.py", "--messages", "2000", "--stores", "sqlite")
     assert "pruned 1,980 messages" in out  # all but the 1 % generated 'failed'
     assert "intake commit, during pass" in out
+
+
+def test_route_cpu_bench_reports_every_stage() -> None:
+    out = run("bench/route_cpu.py", "--messages", "30", "--patients", "10")
+    stages = {line.split(" |")[0].strip("| *") for line in out.splitlines()
+              if line.startswith("| ")}
+    assert {"router", "transformer:normalise_lab", "transformer:oru_events", "recorder",
+            "destination:archive", "destination:lab-normalised", "destination:events",
+            "total"} <= stages

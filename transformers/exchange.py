@@ -13,10 +13,16 @@ Contract of a transformer — built in, or a user's `module:function` named in r
   messages, and a replay runs it again. Effects belong to destinations.
 - An exception fails the route for that message: its deliveries are dead-lettered with the
   error, and the operator replays the message once the transformer is fixed.
+- `shared` is one dict per message, the same object in every route's copy: what the engine
+  read once (`shared["parsed"]`: the text and the `Message` read from it) and what a
+  transformer computed from the message as received and other routes may reuse (the LOINC
+  normalisation, `transformers/lab/transformer.py`). Entries are keyed by what they were
+  computed from and are read-only: a transformer that changed `text` gets its own.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,9 +40,11 @@ class Exchange:
     body: Any = None
     content_type: str = "application/hl7-v2"
     events: list[dict[str, Any]] = field(default_factory=list)
+    shared: dict[str, Any] = field(default_factory=dict)
 
     def copy(self, **changes: Any) -> Exchange:
-        """A shallow copy, so one route's chain cannot change what another route sees."""
+        """A shallow copy, so one route's chain cannot change what another route sees
+        (`shared` stays the one per-message dict, on purpose)."""
         new = replace(self, **changes)
         new.headers = dict(self.headers)
         new.events = list(self.events)
@@ -44,8 +52,6 @@ class Exchange:
 
     def payload(self) -> tuple[bytes, str]:
         """Bytes for the outbox row, and their content type."""
-        import json
-
         body = self.text if self.body is None else self.body
         if isinstance(body, bytes):
             return body, self.content_type
@@ -55,7 +61,9 @@ class Exchange:
                 return body.encode(charset), self.content_type
             except (UnicodeEncodeError, LookupError):
                 return body.encode("utf-8"), self.content_type
-        return (
-            json.dumps(body, ensure_ascii=False, default=str, sort_keys=True).encode("utf-8"),
-            "application/json",
-        )
+        return _JSON.encode(body).encode("utf-8"), "application/json"
+
+
+# What json.dumps(body, ensure_ascii=False, default=str, sort_keys=True) builds on every call,
+# built once (the same bytes: three JSON bodies a routed ORU).
+_JSON = json.JSONEncoder(ensure_ascii=False, default=str, sort_keys=True)

@@ -80,6 +80,7 @@ class FileDestination:
         out: list[Outcome | None] = [None] * len(items)
         stopped: set[str] = set()
         staged: list[tuple[int, Path, str, int]] = []  # index, target, temp name, fd
+        made: set[Path] = set()  # folders made (or found) in this batch: one mkdir each
         for i, item in enumerate(items):
             key = order_key(item)
             if key in stopped:
@@ -91,7 +92,9 @@ class FileDestination:
                 stopped.add(key)
                 continue
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.parent not in made:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(target.parent)
                 fd, tmp = _open_temp(target, item.delivery_id)
             except OSError as exc:
                 out[i] = Outcome.retry(f"cannot write {target.name}: {exc.strerror}")
@@ -104,6 +107,7 @@ class FileDestination:
                 out[i] = Outcome.retry(f"cannot write {target.name}: {exc.strerror}")
                 stopped.add(key)
         folders: dict[Path, list[int]] = {}
+        targets: dict[int, Path] = {}
         for i, target, tmp, fd in staged:
             try:
                 if out[i] is None:
@@ -122,6 +126,7 @@ class FileDestination:
                 _unlink_quietly(tmp)
                 continue
             folders.setdefault(target.parent, []).append(i)
+            targets[i] = target
         for folder, indexes in folders.items():
             try:
                 _fsync_dir(folder)  # the renames themselves must survive a crash
@@ -130,7 +135,7 @@ class FileDestination:
                     out[i] = Outcome.retry(f"cannot sync folder {folder.name}: {exc.strerror}")
                 continue
             for i in indexes:
-                out[i] = Outcome.delivered(response=str(self.filename(items[i])))
+                out[i] = Outcome.delivered(response=str(targets[i]))
         # A failure seen late (fsync, rename) must still hold the patient's later items back.
         failed: set[str] = set()
         for i, item in enumerate(items):

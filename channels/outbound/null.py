@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .base import OutboundItem, Outcome
@@ -18,6 +19,11 @@ class NullDestination:
 
     async def send(self, item: OutboundItem) -> Outcome:
         return Outcome.delivered()
+
+    async def send_batch(self, items: Sequence[OutboundItem]) -> list[Outcome | None]:
+        """A batch destination (channels/outbound/base.py), so it stands for one in a
+        benchmark: the runner hands it `batch_size` deliveries and records them together."""
+        return [Outcome.delivered() for _ in items]
 
     async def close(self) -> None:
         return None

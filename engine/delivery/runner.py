@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import select, update
 
 from channels.outbound.base import (
     BatchDestination,
@@ -30,14 +30,14 @@ from channels.outbound.base import (
 )
 from engine.delivery.leases import LeaseLost, OutcomeFenced, PartitionLeases
 from engine.intake.group_commit import Batcher
-from engine.store.database import Store
+from engine.store.database import Store, _sqlite_value
 from engine.store.models import (
     DeliveryStatus,
     MessageStatus,
     deliveries,
-    delivery_attempts,
     messages,
 )
+from engine.store.write_gate import gate_of
 
 log = logging.getLogger("parcours.delivery")
 
@@ -241,7 +241,7 @@ class DeliveryRunner:
             if not self._recorder_started:
                 self._recorder_started = True
                 self._recorder.start()
-            dues = await asyncio.gather(*(self._recorder.submit(t) for t in tried))
+            dues = await asyncio.gather(*self._recorder.submit_many(tried))
             for (row, outcome), due in zip(tried, dues, strict=True):
                 if outcome.kind != "delivered" and ordered:
                     blocked.add((dest_name, _order_key(row)))
@@ -303,19 +303,28 @@ class DeliveryRunner:
     # -- store ----------------------------------------------------------------------------
 
     def _pending(self, partition: int, after: tuple[int, int] = (0, 0)) -> list[dict[str, Any]]:
-        q = (
-            select(deliveries, messages.c.channel, messages.c.message_type,
-                   messages.c.trigger_event, messages.c.control_id, messages.c.received_at)
-            .join(messages, messages.c.id == deliveries.c.message_id)
-            .where(deliveries.c.partition == partition,
-                   deliveries.c.status.in_((DeliveryStatus.PENDING, DeliveryStatus.RETRY)),
-                   or_(deliveries.c.message_id > after[0],
-                       and_(deliveries.c.message_id == after[0], deliveries.c.id > after[1])))
-            .order_by(deliveries.c.message_id, deliveries.c.id)
-            .limit(self.batch)
-        )
+        """One page of the partition's waiting deliveries, through the driver's cursor:
+        SQLAlchemy's result processing of 500 rows a page (and of columns a pass never reads)
+        was most of the delivery phase's own CPU."""
+        sqlite = self.store.dialect == "sqlite"
         with self.store.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(q).mappings()]
+            cur = conn.connection.dbapi_connection.cursor()
+            try:
+                cur.execute(_PENDING_SQL if sqlite else _PENDING_SQL.replace("?", "%s"),
+                            (partition, after[0], after[0], after[1], self.batch))
+                rows = [dict(zip(_PENDING_COLUMNS, r, strict=True)) for r in cur.fetchall()]
+            finally:
+                cur.close()
+        if sqlite:  # stored as SQLAlchemy's SQLite DateTime stores it: naive UTC text
+            for row in rows:
+                for k in ("next_attempt_at", "received_at"):
+                    if isinstance(row[k], str):
+                        row[k] = datetime.fromisoformat(row[k])
+                row["payload"] = _bytes(row["payload"])
+        else:
+            for row in rows:
+                row["payload"] = _bytes(row["payload"])
+        return rows
 
     def _record_each(self, done: list[tuple[dict[str, Any], Outcome]]
                      ) -> list[datetime | None | Exception]:
@@ -340,28 +349,18 @@ class DeliveryRunner:
 
     def _record_batch(self, done: list[tuple[dict[str, Any], Outcome]]
                       ) -> list[datetime | None]:
-        """Statements per batch, not per outcome: SQLAlchemy Core costs ~0.2 ms a compiled
-        statement here, and five per outcome made the recorder the busiest thread."""
+        """Statements per batch, not per outcome, through the driver's cursor: SQLAlchemy
+        Core compiled and cached-key'd every statement of every batch, which made the
+        recorder the busiest thread after the router (docs/benchmarks.md, issue #12)."""
         now = datetime.now(UTC)
         plans = [self._plan(row, outcome, now) for row, outcome in done]
         with self.store.engine.begin() as conn:
             self._check_leases(conn, done)
-            by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-            for (row, _), plan in zip(done, plans, strict=True):
-                values = plan[1]
-                by_shape.setdefault(tuple(sorted(values)), []).append(
-                    {"b_id": row["id"], **{f"b_{k}": v for k, v in values.items()}})
-            for shape, params in by_shape.items():
-                conn.execute(update(deliveries).where(deliveries.c.id == bindparam("b_id"))
-                             .values({k: bindparam(f"b_{k}") for k in shape}), params)
-            conn.execute(insert(delivery_attempts), [
-                {"delivery_id": row["id"], "at": now, "outcome": kind, "detail": detail,
-                 "duration_ms": int(row.get("_duration_ms", 0))}
-                for (row, _), (kind, _v, detail, _d) in zip(done, plans, strict=True)])
-            final = {row["message_id"] for (row, _), plan in zip(done, plans, strict=True)
-                     if plan[0] in ("delivered", "dead")}
-            if final:
-                _settle_messages(conn, sorted(final))
+            raw = conn.connection.dbapi_connection
+            gate = gate_of(self.store.engine)
+            if gate is not None:  # the raw cursor bypasses the statement hook that takes it
+                gate.hold(raw)
+            _write_outcomes(raw.cursor(), self.store.dialect == "sqlite", done, plans, now)
         # Counted once committed (a batch redone row by row must not count twice).
         for (row, _), (kind, _v, _detail, _due) in zip(done, plans, strict=True):
             stats = self.stats_for(row["destination"])
@@ -457,22 +456,78 @@ def _not_retryable(status: str, attempts: int, last_error: str | None, message_i
     return None
 
 
-def _settle_messages(conn: Any, message_ids: list[int]) -> None:
-    """A message is done when all its deliveries are final; failed if any is dead."""
-    is_open = case((deliveries.c.status.in_((DeliveryStatus.PENDING, DeliveryStatus.RETRY)), 1),
-                   else_=0)
-    is_dead = case((deliveries.c.status == DeliveryStatus.DEAD, 1), else_=0)
-    done: list[int] = []
-    failed: list[int] = []
-    for mid, open_left, dead in conn.execute(
-            select(deliveries.c.message_id, func.sum(is_open), func.sum(is_dead))
-            .where(deliveries.c.message_id.in_(message_ids))
-            .group_by(deliveries.c.message_id)):
-        if not open_left:
-            (failed if dead else done).append(int(mid))
-    for ids, status in ((done, MessageStatus.DONE), (failed, MessageStatus.FAILED)):
-        if ids:
-            conn.execute(update(messages).where(messages.c.id.in_(ids)).values(status=status))
+_PENDING_COLUMNS = ("id", "message_id", "route", "destination", "partition", "generation",
+                    "patient_key", "status", "attempts", "next_attempt_at", "content_type",
+                    "payload", "channel", "message_type", "trigger_event", "control_id",
+                    "received_at")
+_PENDING_SQL = (
+    'SELECT d.id, d.message_id, d.route, d.destination, d."partition", d.generation, '
+    "d.patient_key, d.status, d.attempts, d.next_attempt_at, d.content_type, d.payload, "
+    "m.channel, m.message_type, m.trigger_event, m.control_id, m.received_at "
+    "FROM deliveries d JOIN messages m ON m.id = d.message_id "
+    "WHERE d.\"partition\" = ? AND d.status IN ('pending', 'retry') "
+    "AND (d.message_id > ? OR (d.message_id = ? AND d.id > ?)) "
+    "ORDER BY d.message_id, d.id LIMIT ?")
+
+
+def _bytes(value: Any) -> bytes:
+    """bytes whatever the driver hands back for a blob (memoryview, bytearray)."""
+    return value if isinstance(value, bytes) else bytes(value or b"")
+
+
+_ATTEMPT_SQL = ("INSERT INTO delivery_attempts (delivery_id, at, outcome, detail, duration_ms) "
+                "VALUES (?, ?, ?, ?, ?)")
+# A message is done when none of its deliveries is open, failed when one of them is dead.
+_SETTLE_SQL = ("SELECT message_id, SUM(CASE WHEN status IN ('pending', 'retry') THEN 1 ELSE 0 "
+               "END), SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END) FROM deliveries "
+               "WHERE message_id IN ({marks}) GROUP BY message_id")
+
+
+def _write_outcomes(cur: Any, sqlite: bool,
+                    done: list[tuple[dict[str, Any], Outcome]],
+                    plans: list[tuple[str, dict[str, Any], str, datetime | None]],
+                    now: datetime) -> None:
+    """The recorder's statements on a DBAPI cursor (the caller's transaction): one
+    executemany per shape of UPDATE, one for the attempts, then the messages whose
+    deliveries became final are settled with one SELECT and one UPDATE per status."""
+    def sql(text: str) -> str:
+        return text if sqlite else text.replace("?", "%s")
+
+    def value(v: Any) -> Any:
+        return _sqlite_value(v) if sqlite else v
+
+    try:
+        by_shape: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for (row, _), (_kind, values, _detail, _due) in zip(done, plans, strict=True):
+            shape = tuple(sorted(values))
+            by_shape.setdefault(shape, []).append(
+                (*(value(values[k]) for k in shape), row["id"]))
+        for shape, params in by_shape.items():
+            sets = ", ".join(f"{k} = ?" for k in shape)
+            cur.executemany(sql(f"UPDATE deliveries SET {sets} WHERE id = ?"), params)
+        cur.executemany(sql(_ATTEMPT_SQL), [
+            (row["id"], value(now), kind, detail, int(row.get("_duration_ms", 0)))
+            for (row, _), (kind, _v, detail, _d) in zip(done, plans, strict=True)])
+        final = sorted({row["message_id"] for (row, _), plan in zip(done, plans, strict=True)
+                        if plan[0] in ("delivered", "dead")})
+        settled: dict[str, list[int]] = {MessageStatus.DONE: [], MessageStatus.FAILED: []}
+        for chunk in _id_chunks(final):
+            cur.execute(sql(_SETTLE_SQL.format(marks=", ".join("?" * len(chunk)))), chunk)
+            for mid, open_left, dead in cur.fetchall():
+                if not open_left:
+                    settled[MessageStatus.FAILED if dead else MessageStatus.DONE].append(
+                        int(mid))
+        for status, ids in settled.items():
+            for chunk in _id_chunks(ids):
+                cur.execute(sql(f"UPDATE messages SET status = ? WHERE id IN "
+                                f"({', '.join('?' * len(chunk))})"), [status, *chunk])
+    finally:
+        cur.close()
+
+
+def _id_chunks(ids: list[int], size: int = 500) -> list[list[int]]:
+    """Below SQLite's and psycopg's parameter limits."""
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
 
 
 def _order_key(row: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from engine.store.database import Store
@@ -58,6 +58,79 @@ def record(conn: Connection, message_id: int, entries: Iterable[dict[str, Any]])
                                  status=OPEN if row.status == OPEN else row.status))
         conn.execute(insert(mapping_backlog_messages),
                      {"backlog_id": backlog_id, "message_id": message_id})
+    return new
+
+
+Key = tuple[str, str, str, str]  # sender, performing lab, code, coding system
+
+
+def _key(e: dict[str, Any]) -> Key:
+    return (e.get("sender") or "", e.get("performing_lab") or "", e.get("code") or "",
+            e.get("coding_system") or "")
+
+
+def record_many(conn: Connection, seen: list[tuple[int, list[dict[str, Any]]]]) -> int:
+    """`record` for a router batch, set-based: one SELECT of the entries the batch names,
+    one of their links to its messages, an INSERT per code never seen before, one
+    executemany of the count updates and one of the new links, whatever the batch size —
+    a lab that sends one unmappable code in every result cost four statements per message.
+
+    The same rule as `record`: a message counts once per code (a replay adds nothing);
+    returns how many new codes appeared."""
+    now = datetime.now(UTC)
+    first: dict[Key, dict[str, Any]] = {}
+    pairs: list[tuple[Key, int]] = []  # (code, message) in the batch, each once
+    once: set[tuple[Key, int]] = set()
+    for message_id, entries in seen:
+        for e in entries:
+            key = _key(e)
+            first.setdefault(key, e)
+            if (key, message_id) not in once:
+                once.add((key, message_id))
+                pairs.append((key, message_id))
+    if not pairs:
+        return 0
+    ids: dict[Key, int] = {}
+    codes = sorted({k[2] for k in first})
+    for row in conn.execute(select(mapping_backlog.c.id, mapping_backlog.c.sender,
+                                   mapping_backlog.c.performing_lab, mapping_backlog.c.code,
+                                   mapping_backlog.c.coding_system)
+                            .where(mapping_backlog.c.code.in_(codes))):
+        key = (row.sender, row.performing_lab, row.code, row.coding_system)
+        if key in first:
+            ids[key] = int(row.id)
+    linked: set[tuple[int, int]] = set()
+    if ids:
+        linked = {(int(b), int(m)) for b, m in conn.execute(
+            select(mapping_backlog_messages.c.backlog_id, mapping_backlog_messages.c.message_id)
+            .where(mapping_backlog_messages.c.backlog_id.in_(sorted(set(ids.values()))),
+                   mapping_backlog_messages.c.message_id.in_(sorted({m for _, m in pairs}))))}
+    new = 0
+    added: dict[Key, int] = {}
+    links: list[dict[str, int]] = []
+    for key, message_id in pairs:
+        if key not in ids:
+            e = first[key]
+            ids[key] = conn.execute(insert(mapping_backlog).returning(mapping_backlog.c.id), {
+                "sender": key[0], "performing_lab": key[1], "code": key[2],
+                "coding_system": key[3], "text": (e.get("text") or "")[:512],
+                "unit": (e.get("unit") or "")[:64], "reason": (e.get("reason") or "")[:64],
+                "example_value": (e.get("example_value") or "")[:255], "count": 1,
+                "first_seen": now, "last_seen": now, "status": OPEN, "loinc": None,
+            }).scalar_one()
+            new += 1
+        elif (ids[key], message_id) in linked:
+            continue  # a replay of the same message: counted once
+        else:
+            added[key] = added.get(key, 0) + 1
+        linked.add((ids[key], message_id))
+        links.append({"backlog_id": ids[key], "message_id": message_id})
+    if added:
+        conn.execute(update(mapping_backlog).where(mapping_backlog.c.id == bindparam("b_id"))
+                     .values(count=mapping_backlog.c.count + bindparam("b_n"), last_seen=now),
+                     [{"b_id": ids[k], "b_n": n} for k, n in added.items()])
+    if links:
+        conn.execute(insert(mapping_backlog_messages), links)
     return new
 
 

@@ -108,3 +108,22 @@ def test_every_corpus_message_reads_like_python_hl7() -> None:
             assert ours.get("MSH-10") == header.control_id
             checked += 1
     assert checked >= 160
+
+
+def test_leading_is_get_of_each_component_first_subcomponent() -> None:
+    """`Segment.leading` (one split per field, for the OBX read of issue #12) must read what
+    `get(n, 1, c, 1)` reads: first repetition, first subcomponent, escapes decoded, nulls
+    empty."""
+    from transformers.hl7.reader import Message as _Message
+
+    msg = _Message.parse("MSH|^~\\&|A|B\rOBX|1|NM|GLU&x^Gluc\\S\\ose^L~REP2^R||5.1|"
+                         'mmol/L^^UCUM|""|^H||F||||A&B^""^c\\T\\d', "utf-8")
+    obx = msg.segments_named("OBX")[0]
+    for n in range(1, 16):
+        comps = obx.leading(n)
+        width = max(len(comps), 7)
+        assert [obx.get(n, 1, c, 1) for c in range(1, width + 1)] == (
+            comps + [""] * (width - len(comps))), n
+    assert obx.leading(3) == ["GLU", "Gluc^ose", "L"]
+    assert obx.leading(14) == ["A", "", "c&d"]
+    assert obx.leading(7) == [""] and obx.leading(4) == []

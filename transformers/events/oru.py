@@ -13,6 +13,7 @@ INVISIBLE_REP_LEGAUX = INVISIBLE_REPRESENTANTS_LEGAUX, …) with value Y/N.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from transformers.exchange import Exchange
@@ -103,7 +104,39 @@ def _normalise(msh_raw: str, obx: list[Segment], charset: str) -> list[dict[str,
     return out
 
 
-def result_events(msg: Message, fac: str) -> list[dict[str, Any]]:
+def _shared_items(exchange: Exchange | None, msg: Message
+                  ) -> Callable[[list[Segment]], list[dict[str, Any]]] | None:
+    """The group's observations out of the message's one shared normalisation, when `msg` is
+    the reading it was computed from; None otherwise (each group is normalised alone)."""
+    if exchange is None:
+        return None
+    from transformers.lab.er7 import Er7Error
+    from transformers.lab.transformer import shared_normalisation
+
+    try:
+        shared = shared_normalisation(exchange)
+    except Er7Error:
+        return None
+    if shared.message is not msg:
+        return None
+
+    def items(obx: list[Segment]) -> list[dict[str, Any]]:
+        out = []
+        for seg in obx:
+            i = shared.index[id(seg)]
+            r = shared.raw[i]
+            item = dict(shared.observations[i])  # the shared one stays as normalise_lab's
+            item["key"] = f"{r.code}^{r.coding_system}|{r.set_id}"
+            item["at"] = hl7_time(shared.result.observations[i].observed_at)
+            out.append(item)
+        return out
+
+    return items
+
+
+def result_events(msg: Message, fac: str, exchange: Exchange | None = None
+                  ) -> list[dict[str, Any]]:
+    shared = _shared_items(exchange, msg)
     events = []
     for orc, obr, obx in _groups(msg):
         filler = obr.get(3, 1, 1) or (orc.get(3, 1, 1) if orc else "")
@@ -112,9 +145,9 @@ def result_events(msg: Message, fac: str) -> list[dict[str, Any]]:
             raise EventError(f"OBR {obr.get(1)}: neither placer (OBR-2) nor filler (OBR-3) "
                              "order number")
         code = obr.get(4, 1, 1)
-        observations = _normalise(msg.msh.raw, [s for s in obx
-                                                if s.get(3, 1, 3) != MASKING_SYSTEM],
-                                  msg.charset)
+        kept = [s for s in obx if s.get(3, 1, 3) != MASKING_SYSTEM]
+        observations = (shared(kept) if shared is not None
+                        else _normalise(msg.msh.raw, kept, msg.charset))
         events.append({
             "type": "result", "key": f"{fac}|{filler or placer}|{code}",
             "action": "delete" if orc is not None and orc.get(1) == "CA" else "upsert",
@@ -137,7 +170,7 @@ def oru_events(exchange: Exchange) -> Exchange | None:
     trigger = exchange.headers.get("trigger_event") or ""
     events = document_events(msg, trigger, facility(msg, exchange))
     if not events:
-        events = result_events(msg, facility(msg, exchange))
+        events = result_events(msg, facility(msg, exchange), exchange)
     return envelope(exchange, patient, events)
 
 

@@ -193,6 +193,25 @@ class Segment:
         subs = raw.split(enc.subcomponent)
         return subs[sub - 1] if sub <= len(subs) else ""
 
+    def leading(self, n: int) -> list[str]:
+        """The decoded first subcomponent of each component of the first repetition of field
+        n — `get(n, 1, c, 1)` for every c at once (`[]` when the field is empty), for readers
+        that take several components of one field (the OBX read for normalisation)."""
+        raw = self.field(n)
+        if not raw:
+            return []
+        if self.name == "MSH" and n in (1, 2):
+            return [raw]
+        enc = self._enc
+        if enc.repetition in raw:
+            raw = raw.split(enc.repetition, 1)[0]
+        out = []
+        for comp in raw.split(enc.component):
+            if enc.subcomponent in comp:
+                comp = comp.split(enc.subcomponent, 1)[0]
+            out.append(unescape(comp, enc, self._charset) if comp and comp != NULL else "")
+        return out
+
     def components(self, n: int, repetition: int = 1) -> list[str]:
         """Decoded components of one repetition (an explicit null component is '')."""
         raw = self._pick(n, repetition, None, None)

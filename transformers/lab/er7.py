@@ -33,29 +33,48 @@ def observations_from_oru(text: str, charset: str = "utf-8") -> tuple[str, list[
         raise Er7Error("empty message")
     try:
         msg = Message.parse(text, charset)
+    except HL7ReadError as exc:
+        raise Er7Error(str(exc) or "message does not start with an MSH segment") from None
+    return observations_from_message(msg)
+
+
+def observations_from_message(msg: Message) -> tuple[str, list[RawObservation]]:
+    """The same as `observations_from_oru`, from a message already read: the router reads
+    each message once and its transformers share that reading (transformers/exchange.py)."""
+    try:
         sender = _first(msg.msh, 4)
     except (HL7ReadError, IndexError) as exc:
         raise Er7Error(str(exc) or "message does not start with an MSH segment") from None
-    observations: list[RawObservation] = []
-    for obx in msg.segments_named("OBX"):
-        units = _first(obx, 6) or _first(obx, 6, 2)
-        observations.append(
-            RawObservation(
-                set_id=obx.field(1),
-                value_type=obx.field(2),
-                code=_first(obx, 3),
-                text=_first(obx, 3, 2),
-                coding_system=_first(obx, 3, 3),
-                alt_code=_first(obx, 3, 4),
-                alt_text=_first(obx, 3, 5),
-                alt_coding_system=_first(obx, 3, 6),
-                value=obx.get(5),  # first repetition, components kept joined by '^'
-                units=units,
-                reference_range=obx.get(7),
-                abnormal_flags=_first(obx, 8),
-                result_status=obx.field(11),
-                observed_at=_first(obx, 14),
-                performing_lab=_first(obx, 23) or _first(obx, 15),
-            )
-        )
-    return sender, observations
+    return sender, [raw_observation(obx) for obx in msg.segments_named("OBX")]
+
+
+def raw_observation(obx: Segment) -> RawObservation:
+    """One OBX as the normalisation reads it (HL7 v2.5.1 §7.4.2). Each field is split once
+    (`Segment.leading`), not once per component asked for."""
+    c3 = obx.leading(3) + _EMPTY6
+    c6 = obx.leading(6) + _EMPTY6
+    return RawObservation(
+        set_id=obx.field(1),
+        value_type=obx.field(2),
+        code=c3[0],
+        text=c3[1],
+        coding_system=c3[2],
+        alt_code=c3[3],
+        alt_text=c3[4],
+        alt_coding_system=c3[5],
+        value=obx.get(5),  # first repetition, components kept joined by '^'
+        units=c6[0] or c6[1],
+        reference_range=obx.get(7),
+        abnormal_flags=_lead(obx, 8),
+        result_status=obx.field(11),
+        observed_at=_lead(obx, 14),
+        performing_lab=_lead(obx, 23) or _lead(obx, 15),
+    )
+
+
+_EMPTY6 = [""] * 6
+
+
+def _lead(seg: Segment, n: int) -> str:
+    first = seg.leading(n)
+    return first[0] if first else ""

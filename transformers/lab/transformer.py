@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import fields, is_dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields, is_dataclass
 from decimal import Decimal
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 from loinc.catalogue import Catalogue, load_catalogue
 from mappings.loader import MappingSet, load_mappings
 from transformers.exchange import Exchange
-from transformers.lab.er7 import Er7Error, observations_from_oru
+from transformers.hl7.reader import Message
+from transformers.lab.er7 import Er7Error, observations_from_message, observations_from_oru
+from transformers.lab.observation import NormalisationResult, RawObservation
 from transformers.normalise import normalise_observations
 
 DEFAULT_MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
@@ -76,7 +80,7 @@ def context() -> LabContext:
     return _context
 
 
-_FIELDS: dict[type, tuple[str, ...]] = {}
+_FIELDS: dict[type, tuple[tuple[str, ...], Callable[[Any], Any]]] = {}
 _LEAVES = frozenset({str, int, float, bool, type(None)})
 
 
@@ -89,15 +93,19 @@ def plain(value: Any) -> Any:
         return value
     if kind is Decimal:
         return str(value)
-    names = _FIELDS.get(kind)
-    if names is None and is_dataclass(value) and not isinstance(value, type):
-        names = _FIELDS[kind] = tuple(f.name for f in fields(value))
-    if names is not None:
-        out = {}
-        for n in names:
-            v = getattr(value, n)
-            out[n] = v if type(v) in _LEAVES else plain(v)
-        return out
+    known = _FIELDS.get(kind)
+    if known is None and is_dataclass(value) and not isinstance(value, type):
+        names = tuple(f.name for f in fields(value))
+        # attrgetter of several names returns a tuple; of one, the value alone.
+        getter: Callable[[Any], Any] = (
+            attrgetter(*names) if len(names) > 1
+            else (lambda v, g=attrgetter(names[0]): (g(v),)) if names else (lambda v: ()))
+        known = _FIELDS[kind] = (names, getter)
+    if known is not None:
+        names, getter = known
+        leaves = _LEAVES
+        return {n: v if type(v) in leaves else plain(v)
+                for n, v in zip(names, getter(value), strict=True)}
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -107,21 +115,80 @@ def plain(value: Any) -> Any:
     return value
 
 
-def normalise_exchange(exchange: Exchange) -> dict[str, Any]:
-    """Normalised observations of an ORU, as plain JSON-ready data (also used by oru events)."""
+@dataclass(frozen=True)
+class SharedNormalisation:
+    """One message's OBX normalised once, for every transformer of every route that needs it
+    (normalise_lab, oru_events, crbio): read-only.
+
+    `message` is the reading it came from and `index` maps each of its OBX segments
+    (`id(segment)`) to its position in `raw`, so oru_events can take its OBR groups' results
+    out of it without normalising them again.
+    """
+
+    text: str
+    mappings: MappingSet
+    message: Message | None
+    sender: str
+    raw: list[RawObservation]
+    result: NormalisationResult
+    observations: list[dict[str, Any]]  # plain(result.observations)
+    data: dict[str, Any]  # what normalise_exchange returns
+    index: dict[int, int]
+
+
+_SHARED_KEY = "lab.normalisation"
+
+
+def _message_of(exchange: Exchange) -> Message | None:
+    """The router's reading of the message when `exchange.text` is still the text it read."""
+    parsed = exchange.shared.get("parsed")
+    if parsed is not None and (parsed[0] is exchange.text or parsed[0] == exchange.text):
+        return parsed[1]  # type: ignore[no-any-return]
+    return None
+
+
+def shared_normalisation(exchange: Exchange) -> SharedNormalisation:
+    """The normalisation of `exchange.text`, computed once per message and text.
+
+    Kept in `exchange.shared` (one dict per message, across its routes) under the text and
+    the mapping set it was computed with: a chain that changed the text, or a mapping
+    accepted meanwhile, gets a fresh one. Raises Er7Error when the text cannot be read.
+    """
     ctx = _context
-    charset = exchange.message.charset if exchange.message is not None else (
-        exchange.headers.get("charset") or "utf-8")
-    sender, raw_obs = observations_from_oru(exchange.text, charset)
+    mappings = ctx.mappings
+    cached: SharedNormalisation | None = exchange.shared.get(_SHARED_KEY)
+    if (cached is not None and cached.mappings is mappings
+            and (cached.text is exchange.text or cached.text == exchange.text)):
+        return cached
+    message = _message_of(exchange)
+    if message is not None:
+        sender, raw_obs = observations_from_message(message)
+        obx = message.segments_named("OBX")
+    else:
+        charset = exchange.message.charset if exchange.message is not None else (
+            exchange.headers.get("charset") or "utf-8")
+        sender, raw_obs = observations_from_oru(exchange.text, charset)
+        obx = []
     result = normalise_observations(raw_obs, sender=sender, catalogue=ctx.catalogue,
-                                    mappings=ctx.mappings)
+                                    mappings=mappings)
     observations = [plain(o) for o in result.observations]
-    backlog = [plain(b) for b in result.backlog]
     counts: dict[str, int] = {}
     for o in result.observations:
         counts[o.outcome] = counts.get(o.outcome, 0) + 1
-    return {"sender": sender, "observations": observations, "backlog": backlog,
-            "counts": counts}
+    data = {"sender": sender, "observations": observations,
+            "backlog": [plain(b) for b in result.backlog], "counts": counts}
+    shared = SharedNormalisation(
+        text=exchange.text, mappings=mappings, message=message, sender=sender, raw=raw_obs,
+        result=result, observations=observations, data=data,
+        index={id(seg): i for i, seg in enumerate(obx)})
+    exchange.shared[_SHARED_KEY] = shared
+    return shared
+
+
+def normalise_exchange(exchange: Exchange) -> dict[str, Any]:
+    """Normalised observations of an ORU, as plain JSON-ready data (also used by oru events
+    and CR-BIO). Shared between the routes of one message: read it, do not change it."""
+    return shared_normalisation(exchange).data
 
 
 def normalise_lab(exchange: Exchange) -> Exchange | None:
@@ -136,14 +203,14 @@ def normalise_lab(exchange: Exchange) -> Exchange | None:
         data = normalise_exchange(exchange)
     except Er7Error as exc:
         raise ValueError(f"ORU could not be read for normalisation: {exc}") from None
-    exchange.headers["mapping_backlog"] = data["backlog"]
-    exchange.headers["normalisation_counts"] = data["counts"]
+    exchange.headers["mapping_backlog"] = list(data["backlog"])
+    exchange.headers["normalisation_counts"] = dict(data["counts"])
     exchange.body = {
         "message_id": exchange.message_id,
         "control_id": exchange.headers.get("control_id"),
         "sender": data["sender"],
         "patient_key": exchange.headers.get("patient_key"),
-        "observations": data["observations"],
+        "observations": list(data["observations"]),
     }
     exchange.content_type = "application/json"
     return exchange
