@@ -14,13 +14,14 @@ operator gives that flag to the timeline route and keeps DMP submission and MLLP
 from receiving years of old messages. `--routes-as live` routes them like any arrival.
 
 Times: an imported message is stored under its original time, so the search by date finds
-history on its own dates and the retention clocks count from when it happened, not from the
-import. `received_at` is MSH-7 (HL7 v2.5.1 §2.14.9.7, "date/time the sending system created
-the message"; without an offset it is the sender's local time, §2.A.22, read as
-Europe/Paris), else — no MSH-7, an unreadable one, a CDA document, a file refused whole —
-the file's mtime, the closest thing to when the sender wrote it. `imported_at` keeps the
-import's own time. Live arrivals keep the moment Parcours received them (`imported_at`
-NULL): MSH-7 is the sender's clock, not ours, and is not used for them.
+history on its own dates and the retention clocks that start at arrival (unrouted, error,
+duplicate, rejected; the dedup window) count from when it happened, not from the import.
+`received_at` is MSH-7 (HL7 v2.5.1 §2.14.9.7, "date/time the sending system created the
+message"; without an offset it is the sender's local time, §2.A.22, read as Europe/Paris),
+else — no MSH-7, an unreadable one, a CDA document, a file refused whole — the file's mtime,
+the closest thing to when the sender wrote it. `imported_at` keeps the import's own time.
+Live arrivals keep the moment Parcours received them (`imported_at` NULL): MSH-7 is the
+sender's clock, not ours, and is not used for them.
 """
 
 from __future__ import annotations

@@ -71,6 +71,9 @@ CHUNK = 5  # messages per statement group: the budget is checked between groups
 READ_AHEAD = 200  # candidates read (no write lock) per round of transactions
 ATTEMPTS_PER_MESSAGE = 5  # attempt rows count as a fifth of a message in the limits above
 VACUUM_PAGES = 64  # pages given back per incremental_vacuum step (one hold of the gate)
+# The WAL file is truncated after a pass only up to this size: the ftruncate runs under the
+# gate, and costs ~0.2 ms per MiB here (a 433 MiB WAL: 79 ms; docs/benchmarks.md).
+WAL_TRUNCATE_MAX = 16 << 20
 
 _m = messages
 _dup = messages.alias("dup")
@@ -92,8 +95,10 @@ class PruneReport:
     longest_batch_ms: float = 0.0  # longest of them, COMMIT included
     most_rows_in_batch: int = 0  # messages (or attempts / ATTEMPTS_PER_MESSAGE) in the largest
     batch_ms: list[float] = field(default_factory=list)  # every hold, for bench/prune.py
+    commit_ms: list[float] = field(default_factory=list)  # the COMMIT's part of each hold
     vacuum_steps: int = 0
     longest_vacuum_step_ms: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # name -> perf_counter at its start
     file_bytes_before: int | None = None  # SQLite file (+ WAL); PostgreSQL relations
     file_bytes_after: int | None = None
     vacuum_note: str = ""
@@ -218,6 +223,7 @@ class Pruner:
                 self._attempts(group, now - timedelta(days=r.attempt_days), report,
                                dry_run, on_batch)
         if not dry_run and vacuum:
+            report.phases["space"] = time.perf_counter()
             report.vacuum_note = self.give_back_space(report)
         report.file_bytes_after = self.store_bytes()
         return report
@@ -248,8 +254,10 @@ class Pruner:
                     i += len(part)
                     rows += len(part)
                     out.append(step(conn, part))
-            self._after_transaction(report, time.perf_counter() - started,
-                                    -(-rows // weight))
+                worked = time.perf_counter()
+            ended = time.perf_counter()
+            report.commit_ms.append((ended - worked) * 1000)
+            self._after_transaction(report, ended - started, -(-rows // weight))
         return out
 
     def _after_transaction(self, report: PruneReport, held: float, rows: int) -> None:
@@ -261,9 +269,10 @@ class Pruner:
         report.batch_ms.append(held * 1000)
         report.longest_batch_ms = max(report.longest_batch_ms, held * 1000)
         report.most_rows_in_batch = max(report.most_rows_in_batch, rows)
+        started = time.perf_counter()
         self.checkpoint()
-        if self.rest:
-            time.sleep(min(held, 1.0))
+        if self.rest:  # the checkpoint, outside the gate, was already part of the rest
+            time.sleep(max(0.0, min(held, 1.0) - (time.perf_counter() - started)))
 
     def checkpoint(self) -> None:
         """SQLite: copy the WAL into the database now, in this thread, with no lock held.
@@ -555,11 +564,16 @@ def sqlite_incremental_vacuum(store: Store, report: PruneReport | None = None,
             checkpoint()
             if rest:
                 time.sleep(min(held, 1.0))
-    _truncate_wal(store)
-    return f"store: {pages} free page(s) given back to the file system"
+    if report is not None:
+        report.phases["wal truncate"] = time.perf_counter()
+    note = f"store: {pages} free page(s) given back to the file system"
+    if not _truncate_wal(store):
+        note += ("; the WAL file is larger than the pass may truncate under the write lock: "
+                 "it is reused from its start and removed when the engine stops")
+    return note
 
 
-def _truncate_wal(store: Store) -> None:
+def _truncate_wal(store: Store) -> bool:
     """Empty the WAL file once the pass is over, if that costs no one a wait.
 
     A TRUNCATE checkpoint blocks new writers while it runs and waits (busy handler) for
@@ -568,7 +582,16 @@ def _truncate_wal(store: Store) -> None:
     frame; the TRUNCATE runs under the write gate (the engine's writers queue on it, not on
     SQLite's sleeping busy handler) with busy_timeout 0: a reader or another process's
     writer in the way makes it give up at once, and the WAL is then reused from its start
-    by the next writer instead of shrinking now."""
+    by the next writer instead of shrinking now. A WAL file over `WAL_TRUNCATE_MAX` (left by
+    one huge transaction: a bulk load, a migration) is not truncated here at all: the
+    ftruncate alone would hold the gate for tens of ms. SQLite removes the WAL when the
+    last connection closes (https://sqlite.org/wal.html)."""
+    from pathlib import Path
+
+    path = store.url.split("///", 1)[-1]
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size > WAL_TRUNCATE_MAX:
+        return False
     gate = gate_of(store.engine)
     with store.engine.connect() as conn:
         dbapi = conn.connection.dbapi_connection
@@ -581,6 +604,7 @@ def _truncate_wal(store: Store) -> None:
             conn.exec_driver_sql("PRAGMA busy_timeout=10000")
             if gate is not None:
                 gate.release(dbapi)
+    return True
 
 
 def sqlite_full_vacuum(store: Store) -> None:
