@@ -135,7 +135,7 @@ def _pg_watch(store: Store, stop: threading.Event, out: list[str]) -> None:
                 "SELECT n_dead_tup, autovacuum_count FROM pg_stat_user_tables "
                 "WHERE relname = 'messages'").all()
             running = conn.exec_driver_sql(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'autovacuum:%'"
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'autovacuum:%%'"
             ).scalar_one()
         if rows:
             out.append(f"t={time.perf_counter() - t0:.0f}s dead={rows[0][0]} "

@@ -40,6 +40,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -243,7 +244,7 @@ class Pruner:
         while i < len(ids):
             started = time.perf_counter()
             rows = 0
-            with self.store.engine.begin() as conn:
+            with self.store.engine.connect() as conn, _no_fsync(conn), conn.begin():
                 if conn.dialect.name == "sqlite":
                     conn.exec_driver_sql("BEGIN IMMEDIATE")
                     started = time.perf_counter()  # the hold starts once the gate is ours
@@ -459,6 +460,30 @@ class Pruner:
         return "store: VACUUM done; freed space is reused by new rows (the files keep their size)"
 
 
+@contextmanager
+def _no_fsync(conn: Connection) -> Iterator[None]:
+    """SQLite: the pruner's COMMIT does not fsync the WAL (synchronous=NORMAL on its
+    connection for the transaction, then the connection's own mode again).
+
+    In WAL mode, NORMAL "ensures durability ... except a transaction committed might roll
+    back following a power loss or system crash"; the database stays consistent
+    (https://sqlite.org/pragma.html#pragma_synchronous). A prune transaction lost that way is
+    redone by the next pass — nothing an ACK promised depends on it — and the next commit of
+    a FULL writer (intake) fsyncs the WAL with the pruner's frames before its own. What it
+    saves is the fsync inside the write lock: on a busy disk the pruner's COMMIT was most of
+    its longest holds (docs/benchmarks.md)."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    dbapi = conn.connection.dbapi_connection
+    mode = dbapi.execute("PRAGMA synchronous").fetchone()[0]  # DBAPI: no autobegin
+    dbapi.execute("PRAGMA synchronous=NORMAL")
+    try:
+        yield
+    finally:
+        dbapi.execute(f"PRAGMA synchronous={int(mode)}")
+
+
 def _drop_step(drop: Callable[..., tuple[list[int], int]], guard: list[ColumnElement[bool]],
                now: datetime, digests: dict[int, str], conn: Connection, part: list[int]
                ) -> tuple[list[int], int]:
@@ -541,6 +566,7 @@ def sqlite_incremental_vacuum(store: Store, report: PruneReport | None = None,
     pages = 0
     with store.engine.connect() as conn:
         dbapi = conn.connection.dbapi_connection
+        mode = dbapi.execute("PRAGMA synchronous").fetchone()[0]
         while True:
             free = int(conn.exec_driver_sql("PRAGMA freelist_count").scalar_one())
             if free == 0:
@@ -550,8 +576,11 @@ def sqlite_incremental_vacuum(store: Store, report: PruneReport | None = None,
             started = time.perf_counter()
             try:
                 # executescript steps the PRAGMA to its end; execute() steps it once, which
-                # frees one page (Python's sqlite3 module).
-                dbapi.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
+                # frees one page (Python's sqlite3 module). No fsync of its COMMIT, as for a
+                # prune transaction (`_no_fsync`): a step lost to a power cut is redone.
+                dbapi.executescript("PRAGMA synchronous=NORMAL; "
+                                    f"PRAGMA incremental_vacuum({VACUUM_PAGES}); "
+                                    f"PRAGMA synchronous={int(mode)};")
             finally:
                 if gate is not None:
                     gate.release(dbapi)
