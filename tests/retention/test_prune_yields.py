@@ -113,3 +113,33 @@ def test_intake_gets_the_gate_between_prune_transactions(tmp_path: Path) -> None
     for i in pruner:
         if log[i].queued and i + 1 < len(log):
             assert log[i + 1].thread != "MainThread", (i, log[i], log[i + 1])
+
+
+def test_prune_commits_without_fsync_and_gives_the_connection_back_as_it_was(
+        tmp_path: Path) -> None:
+    """The pruner's transactions commit with synchronous=NORMAL (redone by the next pass if a
+    power cut loses one); the pooled connections intake and the router use stay FULL."""
+    s = Store(f"sqlite:///{tmp_path / 'sync.db'}")
+    s.migrate()
+    with s.engine.begin() as conn:
+        write(conn, [MessageSpec(status="done", age=30, size=2000) for _ in range(N)], NOW)
+    seen: list[int] = []
+    from sqlalchemy import event
+
+    @event.listens_for(s.engine, "commit")
+    def _mode(conn: object) -> None:
+        seen.append(conn.connection.dbapi_connection.execute(  # type: ignore[attr-defined]
+            "PRAGMA synchronous").fetchone()[0])
+
+    try:
+        report = Pruner(s, POLICY, rest=False).run(now=NOW)
+        assert report.payloads == N
+        assert seen and set(seen) == {1}  # NORMAL at every prune COMMIT
+        conns = [s.engine.raw_connection() for _ in range(4)]
+        modes = {c.dbapi_connection.execute("PRAGMA synchronous").fetchone()[0]
+                 for c in conns}
+        for c in conns:
+            c.close()
+        assert modes == {2}  # FULL again on every pooled connection
+    finally:
+        s.close()
