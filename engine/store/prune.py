@@ -462,8 +462,9 @@ class Pruner:
 
 @contextmanager
 def _no_fsync(conn: Connection) -> Iterator[None]:
-    """SQLite: the pruner's COMMIT does not fsync the WAL (synchronous=NORMAL on its
-    connection for the transaction, then the connection's own mode again).
+    """SQLite: the pruner's COMMIT neither fsyncs the WAL nor checkpoints it
+    (synchronous=NORMAL and wal_autocheckpoint=0 on its connection for the transaction, then
+    the connection's own settings again).
 
     In WAL mode, NORMAL "ensures durability ... except a transaction committed might roll
     back following a power loss or system crash"; the database stays consistent
@@ -477,11 +478,16 @@ def _no_fsync(conn: Connection) -> Iterator[None]:
         return
     dbapi = conn.connection.dbapi_connection
     mode = dbapi.execute("PRAGMA synchronous").fetchone()[0]  # DBAPI: no autobegin
+    auto = dbapi.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    # Nor does it checkpoint: the pruner does that itself, outside the lock (`checkpoint`);
+    # the other writers keep SQLite's auto-checkpoint as it was.
     dbapi.execute("PRAGMA synchronous=NORMAL")
+    dbapi.execute("PRAGMA wal_autocheckpoint=0")
     try:
         yield
     finally:
         dbapi.execute(f"PRAGMA synchronous={int(mode)}")
+        dbapi.execute(f"PRAGMA wal_autocheckpoint={int(auto)}")
 
 
 def _drop_step(drop: Callable[..., tuple[list[int], int]], guard: list[ColumnElement[bool]],
@@ -567,6 +573,7 @@ def sqlite_incremental_vacuum(store: Store, report: PruneReport | None = None,
     with store.engine.connect() as conn:
         dbapi = conn.connection.dbapi_connection
         mode = dbapi.execute("PRAGMA synchronous").fetchone()[0]
+        auto = dbapi.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
         while True:
             free = int(conn.exec_driver_sql("PRAGMA freelist_count").scalar_one())
             if free == 0:
@@ -578,9 +585,10 @@ def sqlite_incremental_vacuum(store: Store, report: PruneReport | None = None,
                 # executescript steps the PRAGMA to its end; execute() steps it once, which
                 # frees one page (Python's sqlite3 module). No fsync of its COMMIT, as for a
                 # prune transaction (`_no_fsync`): a step lost to a power cut is redone.
-                dbapi.executescript("PRAGMA synchronous=NORMAL; "
+                dbapi.executescript("PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0; "
                                     f"PRAGMA incremental_vacuum({VACUUM_PAGES}); "
-                                    f"PRAGMA synchronous={int(mode)};")
+                                    f"PRAGMA synchronous={int(mode)}; "
+                                    f"PRAGMA wal_autocheckpoint={int(auto)};")
             finally:
                 if gate is not None:
                     gate.release(dbapi)

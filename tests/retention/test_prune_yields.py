@@ -138,8 +138,11 @@ def test_prune_commits_without_fsync_and_gives_the_connection_back_as_it_was(
         conns = [s.engine.raw_connection() for _ in range(4)]
         modes = {c.dbapi_connection.execute("PRAGMA synchronous").fetchone()[0]
                  for c in conns}
+        autos = {c.dbapi_connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+                 for c in conns}
         for c in conns:
             c.close()
         assert modes == {2}  # FULL again on every pooled connection
+        assert autos == {1000}  # and SQLite's auto-checkpoint as it was
     finally:
         s.close()
