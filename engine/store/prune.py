@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -75,6 +76,7 @@ VACUUM_PAGES = 64  # pages given back per incremental_vacuum step (one hold of t
 # The WAL file is truncated after a pass only up to this size: the ftruncate runs under the
 # gate, and costs ~0.2 ms per MiB here (a 433 MiB WAL: 79 ms; docs/benchmarks.md).
 WAL_TRUNCATE_MAX = 16 << 20
+HOLDS_KEPT = 100_000  # per-transaction timings a report keeps (a pass over 10M rows: 1M+)
 
 _m = messages
 _dup = messages.alias("dup")
@@ -95,8 +97,9 @@ class PruneReport:
     batches: int = 0  # write transactions (each one hold of the write lock)
     longest_batch_ms: float = 0.0  # longest of them, COMMIT included
     most_rows_in_batch: int = 0  # messages (or attempts / ATTEMPTS_PER_MESSAGE) in the largest
-    batch_ms: list[float] = field(default_factory=list)  # every hold, for bench/prune.py
-    commit_ms: list[float] = field(default_factory=list)  # the COMMIT's part of each hold
+    # Every hold (the newest HOLDS_KEPT), for bench/prune.py, and the COMMIT's part of each.
+    batch_ms: deque[float] = field(default_factory=lambda: deque(maxlen=HOLDS_KEPT))
+    commit_ms: deque[float] = field(default_factory=lambda: deque(maxlen=HOLDS_KEPT))
     vacuum_steps: int = 0
     longest_vacuum_step_ms: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # name -> perf_counter at its start
