@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +21,19 @@ from engine.config import ChannelConfig, Config, ConfigError, load_file
 from engine.delivery.bus import Bus
 from engine.delivery.leases import PartitionLeases
 from engine.delivery.local_bus import LocalBus
-from engine.delivery.runner import DeliveryRunner
+from engine.delivery.runner import DeliveryRunner, DeliveryStats
 from engine.intake.folders import FileIntake
 from engine.intake.group_commit import GroupCommitter
 from engine.intake.handler import Intake, IntakePolicy
-from engine.routing.router import Router
+from engine.routing.router import Router, RouteResult
 from engine.routing.transformers import Registry
 from engine.settings import Settings
 from engine.store.database import Store
 from engine.store.models import DeliveryStatus, deliveries
 from monitoring.metrics import Metrics, Ownership, Snapshot
+from transformers.exchange import Exchange
+from transformers.hl7.ack import AckError
+from transformers.hl7.header import Header
 
 log = logging.getLogger("parcours.engine")
 
@@ -290,7 +294,7 @@ class Engine:
     async def _start_http(self) -> None:
         import uvicorn
 
-        from engine.http import create_app
+        from engine.api.http import create_app
 
         config = uvicorn.Config(
             create_app(self), host=self.settings.host, port=self.settings.http_port,
@@ -721,6 +725,59 @@ class Engine:
                 await asyncio.wait_for(self._stop.wait(), 0.5)
             except TimeoutError:
                 pass
+
+    # -- the HTTP side's port (engine/api/port.py) -----------------------------------------
+
+    def running_channels(self) -> set[str]:
+        return set(self.channels)
+
+    def destination_stats(self) -> dict[str, DeliveryStats]:
+        return {name: self.runner.stats_for(name) for name in list(self.runner.stats)}
+
+    def routing_facts(self) -> dict[str, Any]:
+        """This process's part in routing and delivery, as the dashboard shows it; the same
+        partition count as the gauge parcours_partitions_owned (with a worker process, the
+        worker's share as it reports it)."""
+        ownership = self.metrics_ownership()
+        return {"routed": self.router.routed, "is_router": self.is_router,
+                "partitions_owned": ownership.partitions_owned,
+                "partitions": self.settings.partitions,
+                "members": len(self.leases.members) or 1,
+                "fenced": ownership.fenced_outcomes}
+
+    def evaluate_routes(self, exchange: Exchange) -> list[RouteResult]:
+        """A dry run: every route's transformers run, even for disabled destinations."""
+        return self.router.evaluate(exchange, run_disabled=True)
+
+    def replay(self, message_id: int) -> int:
+        """Route a stored message again; returns the deliveries made. Thread-safe."""
+        n, parts = self.router.replay(message_id)
+        for p in parts:
+            self.bus.notify(p)
+        return n
+
+    def retry(self, delivery_ids: Iterable[int], refused: dict[int, str]) -> None:
+        """Dead or failed deliveries due again now; `refused` gets why others are not."""
+        for p in self.runner.retry(list(delivery_ids), refused):
+            self.bus.notify(p)
+
+    def notify_partition_from_thread(self, partition: int) -> None:
+        """`notify_partition` for code running outside the engine's loop (a worker thread
+        that committed work for the partition)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.notify_partition, partition)
+
+    def add_intake_check(self, message_type: str,
+                         check: Callable[[str, Header], list[AckError]]) -> None:
+        """A content check intake runs before it answers for `message_type` (MSH-9.1)."""
+        self.intake.content_checks[message_type] = check
+
+    def reload_mappings(self) -> Path:
+        """Re-read the per-sender mapping files, so replays normalise with a new mapping."""
+        from transformers.lab.transformer import configure as configure_lab
+
+        self.lab = configure_lab(self.settings.mappings_dir)
+        return self.settings.mappings_dir
 
     def backlog_size(self) -> int:
         """Distinct unmapped codes still open in the mapping backlog (issue #4)."""

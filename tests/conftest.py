@@ -150,3 +150,31 @@ async def make_engine(
         if e.started:
             await e.stop()
     await asyncio.sleep(0)
+
+
+# -- running the suite on several workers (pytest-xdist, `make test`) ----------------------------
+
+# Tests that share one thing no fresh database or vhost isolates: the RabbitMQ node itself
+# (tests/routing/test_rabbitmq.py stops and restarts it, so nothing else that talks to the broker
+# may run meanwhile), and the npm install of the FHIR client under var/. Each group runs on one
+# worker (`--dist loadgroup`); everything else spreads over the workers.
+_BROKER_WORDS = ("fresh_vhost", "RABBIT_URL", "test_rabbitmq", "broker_url")
+_module_words: dict[Path, bool] = {}
+
+
+def _talks_to_the_broker(item: pytest.Item) -> bool:
+    if item.get_closest_marker("rabbitmq") or "stack" in getattr(item, "fixturenames", ()):
+        return True
+    path = Path(str(item.fspath))
+    if path not in _module_words:
+        text = path.read_text(encoding="utf-8") if path.parent.name == "routing" else ""
+        _module_words[path] = any(word in text for word in _BROKER_WORDS)
+    return _module_words[path]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _talks_to_the_broker(item):
+            item.add_marker(pytest.mark.xdist_group("broker"))
+        elif Path(str(item.fspath)).name == "test_clients.py":
+            item.add_marker(pytest.mark.xdist_group("npm"))

@@ -73,3 +73,42 @@ def test_safexml_imports_no_project_package() -> None:
                  for m in imported_modules(p) if m.split(".")[0] in (
                      "engine", "channels", "connectors", "transformers")]
     assert offenders == []
+
+
+# -- the HTTP side sees the engine through its port (engine/api/port.py) ----------------------
+
+_HTTP_SIDE = ("api", "ui", "timeline", "fhir", "referrals")
+# Parts of the engine the pages and APIs used to reach into; now behind the port's methods.
+_BEHIND_THE_PORT = {"router", "runner", "bus", "leases", "lab", "worker", "committer",
+                    "intake", "channels", "is_router"}
+
+
+def test_the_http_side_sees_the_engine_only_through_its_port() -> None:
+    offenders = []
+    for package in _HTTP_SIDE:
+        for path in (ROOT / "engine" / package).rglob("*.py"):
+            rel = path.relative_to(ROOT)
+            offenders += [f"{rel} imports engine.app" for m in imported_modules(path)
+                          if m == "engine.app"]
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if (isinstance(node, ast.Attribute) and node.attr in _BEHIND_THE_PORT
+                        and isinstance(node.value, ast.Name) and node.value.id == "engine"):
+                    offenders.append(f"{rel}:{node.lineno} engine.{node.attr}")
+    assert offenders == []
+
+
+def test_the_engine_implements_its_port() -> None:
+    from engine.api.port import EngineView
+    from engine.app import Engine
+
+    wanted = set(EngineView.__annotations__) | {
+        name for name, value in vars(EngineView).items()
+        if callable(value) and not name.startswith("_")}
+    tree = ast.parse((ROOT / "engine" / "app.py").read_text(encoding="utf-8"))
+    assigned = {t.attr for node in ast.walk(tree) if isinstance(node, ast.Assign | ast.AnnAssign)
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
+                and t.value.id == "self"}
+    missing = sorted(n for n in wanted if not hasattr(Engine, n) and n not in assigned)
+    assert missing == []
+    assert {"health", "replay", "retry", "routing_facts"} <= wanted  # the port is read right

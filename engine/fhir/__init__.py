@@ -1,6 +1,6 @@
 """The FHIR R4 API (issue #13): the coordination timeline under `/fhir/r4` for EHRs.
 
-`include_api(app, engine)` is the one call engine/http.py makes. Resource types are
+`include_api(app, engine)` is the one call engine/api/http.py makes. Resource types are
 providers in a `Registry` (registry.py; docs/fhir.md "Adding a resource type"); the
 engine's registry is `engine.fhir_registry`, built on first use, so another package can
 register its providers on it before the HTTP app is created.

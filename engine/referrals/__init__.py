@@ -14,28 +14,24 @@ from engine.referrals.service import NotFound, Referrals, ReferralSettings
 from engine.referrals.workflow import TransitionError
 
 if TYPE_CHECKING:
+    from engine.api.port import EngineView
     from transformers.hl7.ack import AckError
     from transformers.hl7.header import Header
 
 __all__ = ["NotFound", "ReferralSettings", "Referrals", "TransitionError", "install"]
 
 
-def install(engine: Any) -> Referrals:
+def install(engine: EngineView) -> Referrals:
     from engine.referrals.replies import StatusReplies, reply_targets
     from engine.timeline.apply import register_event_type
 
-    def notify(partition: int) -> None:
-        """From the thread that committed the change: the engine's loop runs the pass."""
-        loop = getattr(engine, "_loop", None)
-        if loop is not None:
-            loop.call_soon_threadsafe(engine.notify_partition, partition)
-
     referrals = Referrals(engine.store.engine)
     referrals.replies = StatusReplies(lambda: reply_targets(getattr(engine, "config", None)),
-                                      engine.settings.partitions, notify)
+                                      engine.settings.partitions,
+                                      engine.notify_partition_from_thread)
     engine.referrals = referrals
     register_event_type("referral", referrals.apply_hl7)
-    engine.intake.content_checks["REF"] = intake_check(referrals)
+    engine.add_intake_check("REF", intake_check(referrals))
     from engine.fhir import registry_of
     from engine.referrals.fhir import register as register_fhir
 

@@ -55,8 +55,13 @@ class WriteGate:
         SQLite's busy handler between processes would sleep instead."""
         self.timeout = timeout
         self._lock_fd: int | None = None
+        # A second file says "a writer of another process waits": it holds a shared lock on
+        # it while blocked on the gate's file, so the holder can ask (others_waiting) without
+        # taking anything from it.
+        self._wants_fd: int | None = None
         if lock_file is not None:
             self._lock_fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+            self._wants_fd = os.open(lock_file + ".wants", os.O_RDWR | os.O_CREAT, 0o600)
         self._cond = threading.Condition()
         self._owner: int | None = None  # the thread holding it; it may take it again
         self._depth = 0
@@ -81,9 +86,27 @@ class WriteGate:
         return self.holds
 
     def close(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        for fd in (self._lock_fd, self._wants_fd):
+            if fd is not None:
+                os.close(fd)
+        self._lock_fd = self._wants_fd = None
+
+    def others_waiting(self) -> bool:
+        """Whether another writer — a thread of this process or a writer of the other one —
+        waits for the gate. A long writer (the timeline's batch, the pruner) commits at its
+        next safe point when it does, so the intake's group commit never waits behind more
+        than one step of it."""
+        with self._cond:
+            if self._queue:
+                return True
+        if self._wants_fd is None:
+            return False
+        try:
+            fcntl.flock(self._wants_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(self._wants_fd, fcntl.LOCK_UN)
+        return False
 
     def hold(self, dbapi_connection: Any) -> None:
         """Take the gate for this connection's transaction (no-op if it already has it)."""
@@ -117,7 +140,16 @@ class WriteGate:
                 self._taken_at = time.perf_counter()
                 self._taken_by = threading.current_thread().name
         if first and self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # waits for the other process's writer
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                # The other process's writer has it: say so while waiting (others_waiting).
+                assert self._wants_fd is not None
+                fcntl.flock(self._wants_fd, fcntl.LOCK_SH)
+                try:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+                finally:
+                    fcntl.flock(self._wants_fd, fcntl.LOCK_UN)
 
     def release(self, dbapi_connection: Any) -> None:
         """The transaction ended (or its connection left): the next writer may go."""

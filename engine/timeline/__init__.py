@@ -15,12 +15,12 @@ from engine.timeline.settings import TimelineSettings
 if TYPE_CHECKING:
     from fastapi import APIRouter, FastAPI
 
-    from engine.app import Engine
+    from engine.api.port import EngineView
 
 __all__ = ["Denied", "Timeline", "TimelineSettings", "include_api", "install"]
 
 
-def install(engine: Engine) -> Timeline:
+def install(engine: EngineView) -> Timeline:
     from channels.outbound import factory
     from engine.timeline.destination import TimelineDestination
 
@@ -51,7 +51,7 @@ def router_for(engine: Any) -> APIRouter | None:
 
 
 def include_api(app: FastAPI, engine: Any) -> None:
-    """Called by engine/http.py's create_app: the /api/v1 routes when installed."""
+    """Called by engine/api/http.py's create_app: the /api/v1 routes when installed."""
     router = router_for(engine)
     if router is not None:
         app.include_router(router)

@@ -18,14 +18,14 @@ from engine.ui import clinician, login, operator
 from engine.ui.web import STATIC, UI, Forbidden, LoginRequired, apply_security_headers
 
 if TYPE_CHECKING:
-    from engine.app import Engine
+    from engine.api.port import EngineView
 
 
 def _wants_json(request: Request) -> bool:
     return "/api/" in request.url.path or request.url.path.endswith(".json")
 
 
-def install(app: FastAPI, engine: Engine) -> UI:
+def install(app: FastAPI, engine: EngineView) -> UI:
     ui = UI(engine)
     app.state.ui = ui
     app.include_router(login.build_router(ui))

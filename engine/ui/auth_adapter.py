@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 
 if TYPE_CHECKING:
-    from engine.app import Engine
+    from engine.api.port import EngineView
     from engine.timeline import Timeline
     from engine.timeline.auth import Principal as TimelinePrincipal
     from engine.ui.session import Session
@@ -33,14 +33,14 @@ class Principal:
     via: str = "token"
 
 
-def _timeline(engine: Engine) -> Timeline:
+def _timeline(engine: EngineView) -> Timeline:
     timeline: Timeline | None = getattr(engine, "timeline", None)
     if timeline is None:
         raise RuntimeError("the timeline (engine.timeline, issue #5) is not installed")
     return timeline
 
 
-def authenticate(engine: Engine, username: str, token: str, remote: str) -> Principal | None:
+def authenticate(engine: EngineView, username: str, token: str, remote: str) -> Principal | None:
     """The timeline's verification of an opaque token or an OIDC JWT; when a user name is
     typed it must be the token's (a token alone is enough)."""
     from engine.timeline import audit
@@ -68,7 +68,7 @@ def principal(session: Session) -> TimelinePrincipal:
               session.role, session.professional_id, session.via)
 
 
-def still_valid(engine: Engine, session: Session) -> bool:
+def still_valid(engine: EngineView, session: Session) -> bool:
     """A user deactivated or given another role since sign-in loses the session at once.
     An OIDC user without a users row is bounded by the session lifetime only."""
     if not session.user_id.isdigit():
@@ -81,7 +81,7 @@ def still_valid(engine: Engine, session: Session) -> bool:
     return row is not None and bool(row.active) and row.role == session.role
 
 
-def _patient_ids(engine: Engine, keys: list[str]) -> list[int]:
+def _patient_ids(engine: EngineView, keys: list[str]) -> list[int]:
     """Timeline patients behind intake patient keys ("authority|id", "INS|nir")."""
     from engine.timeline.identity import survivor
     from engine.timeline.models import patient_identifiers as pi
@@ -101,7 +101,7 @@ def _patient_ids(engine: Engine, keys: list[str]) -> list[int]:
     return sorted(found)
 
 
-def audit_many(engine: Engine, session: Session, patient_keys: list[str], what: str,
+def audit_many(engine: EngineView, session: Session, patient_keys: list[str], what: str,
                remote: str, detail: dict[str, Any] | None = None) -> None:
     """An operator page showed message data of these patients: one audit row per patient
     known to the timeline; the intake keys are kept in the detail (some messages name
@@ -113,7 +113,7 @@ def audit_many(engine: Engine, session: Session, patient_keys: list[str], what: 
                  remote=remote, detail={**(detail or {}), "patient_keys": patient_keys})
 
 
-def audit_patients(engine: Engine, session: Session, patient_ids: list[int], what: str,
+def audit_patients(engine: EngineView, session: Session, patient_ids: list[int], what: str,
                    remote: str, detail: dict[str, Any] | None = None) -> None:
     """An operator page showed data of these timeline patients (conflict evidence)."""
     from engine.timeline import audit
@@ -122,7 +122,7 @@ def audit_patients(engine: Engine, session: Session, patient_ids: list[int], wha
                  patient_ids=patient_ids or None, remote=remote, detail=detail or {})
 
 
-def audit_action(engine: Engine, session: Session, what: str, remote: str,
+def audit_action(engine: EngineView, session: Session, what: str, remote: str,
                  detail: dict[str, Any] | None = None) -> None:
     from engine.timeline import audit
 
@@ -165,7 +165,7 @@ def _patient(summary: dict[str, Any]) -> dict[str, Any]:
                             for i in summary.get("identifiers", [])]}
 
 
-def find_patients(engine: Engine, session: Session, identifier: str,
+def find_patients(engine: EngineView, session: Session, identifier: str,
                   remote: str) -> list[dict[str, Any]] | None:
     """Patients the user may read; None when the role may read no patient at all."""
     from engine.timeline import Denied
@@ -305,7 +305,7 @@ def _series(raw: dict[str, Any], label: str) -> dict[str, Any] | None:
 TIMELINE_PAGE = 100  # events per page of the clinician's timeline (newest first)
 
 
-def patient_view(engine: Engine, session: Session, patient_id: str, remote: str,
+def patient_view(engine: EngineView, session: Session, patient_id: str, remote: str,
                  kind: str | None, loinc: str | None, offset: int = 0
                  ) -> dict[str, Any] | None:
     """A page of the timeline and, when asked, one analyte's series; None when the user may

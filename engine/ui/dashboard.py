@@ -21,7 +21,7 @@ from sqlalchemy import String, cast, func, select
 from engine.store.models import DeliveryStatus, MessageStatus, deliveries, messages
 
 if TYPE_CHECKING:
-    from engine.app import Engine
+    from engine.api.port import EngineView
 
 RATE_WINDOW = 300  # seconds: "messages per minute" is averaged over the last five minutes
 CHART_MINUTES = 60
@@ -60,7 +60,7 @@ def _minute(column: Any, dialect: str) -> Any:
     return func.substr(cast(column, String), 1, 16)
 
 
-def throughput(engine: Engine, minutes: int = CHART_MINUTES) -> dict[str, Any]:
+def throughput(engine: EngineView, minutes: int = CHART_MINUTES) -> dict[str, Any]:
     """Per-minute counts over the last hour: received, delivered, failed (AE/AR or dead)."""
 
     def build() -> dict[str, Any]:
@@ -98,7 +98,7 @@ def throughput(engine: Engine, minutes: int = CHART_MINUTES) -> dict[str, Any]:
     return _cache.get(f"throughput:{id(engine)}:{minutes}", build)  # type: ignore[no-any-return]
 
 
-def _recent(engine: Engine) -> dict[str, Any]:
+def _recent(engine: EngineView) -> dict[str, Any]:
     """Per channel and destination: counts over the rate window, and dead letters now."""
 
     def build() -> dict[str, Any]:
@@ -120,18 +120,18 @@ def _recent(engine: Engine) -> dict[str, Any]:
     return _cache.get(f"recent:{id(engine)}", build)  # type: ignore[no-any-return]
 
 
-def _conflicts_open(engine: Engine) -> int:
+def _conflicts_open(engine: EngineView) -> int:
     timeline = getattr(engine, "timeline", None)
     if timeline is None:
         return 0
     return _cache.get(f"conflicts:{id(engine)}", timeline.open_conflicts)  # type: ignore[no-any-return]
 
 
-def _queues(engine: Engine) -> dict[str, tuple[int, float]]:
+def _queues(engine: EngineView) -> dict[str, tuple[int, float]]:
     return _cache.get(f"queues:{id(engine)}", engine.queue_snapshot)  # type: ignore[no-any-return]
 
 
-def conflicts(engine: Engine, limit: int = 50) -> list[dict[str, Any]]:
+def conflicts(engine: EngineView, limit: int = 50) -> list[dict[str, Any]]:
     """Open identity and document conflicts with their evidence (issue #15): what an
     identity-vigilance operator must decide. Not cached: a resolution shows at once."""
     timeline = getattr(engine, "timeline", None)
@@ -140,7 +140,7 @@ def conflicts(engine: Engine, limit: int = 50) -> list[dict[str, Any]]:
     return timeline.list_conflicts(None, None, "open", limit)  # type: ignore[no-any-return]
 
 
-def snapshot(engine: Engine) -> dict[str, Any]:
+def snapshot(engine: EngineView) -> dict[str, Any]:
     """Everything the dashboard table shows, as JSON-ready data (polled by dashboard.js)."""
     recent = _recent(engine)
     channels = []
@@ -158,8 +158,9 @@ def snapshot(engine: Engine) -> dict[str, Any]:
             + int(c.get("control_id_reuses_refused", 0)),
             "connections": c.get("connections_open", 0),
         })
+    running = engine.running_channels()
     for name, cfg in sorted(engine.config.channels.items()):
-        if name not in engine.channels:
+        if name not in running:
             channels.append({"name": name, "type": cfg.type, "up": False,
                              "state": "disabled" if not cfg.enabled else "stopped",
                              "detail": "", "received": 0, "per_minute": 0.0, "errors": 0,
@@ -167,8 +168,9 @@ def snapshot(engine: Engine) -> dict[str, Any]:
                              "connections": 0})
     queues = _queues(engine)
     destinations = []
-    for name in sorted(set(engine.config.destinations) | set(engine.runner.stats)):
-        st = engine.runner.stats_for(name) if name in engine.runner.stats else None
+    stats = engine.destination_stats()
+    for name in sorted(set(engine.config.destinations) | set(stats)):
+        st = stats.get(name)
         depth, oldest = queues.get(name, (0, 0.0))
         dead_now = int(recent["dead"].get(name, 0))
         cfg = engine.config.destinations.get(name, {})
@@ -183,17 +185,15 @@ def snapshot(engine: Engine) -> dict[str, Any]:
                                 1),
             "queue": depth, "oldest_seconds": round(oldest, 1),
         })
+    facts = engine.routing_facts()
     return {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "channels": channels, "destinations": destinations,
         "backlog_codes": engine.backlog_size(),
         "conflicts_open": _conflicts_open(engine),
-        "router": {"routed": engine.router.routed, "is_router": engine.is_router},
-        # This process's share of the partitions (engine/delivery/leases.py); the same number as the
-        # gauge parcours_partitions_owned on /metrics.
-        # With a worker process (engine/delivery/worker.py), the worker's share, as it reports it.
-        "partitions": {"owned": engine.metrics_ownership().partitions_owned,
-                       "total": engine.settings.partitions,
-                       "members": len(engine.leases.members) or 1,
-                       "fenced": engine.metrics_ownership().fenced_outcomes},
+        "router": {"routed": facts["routed"], "is_router": facts["is_router"]},
+        # This process's share of the partitions (engine/delivery/leases.py); the same number as
+        # the gauge parcours_partitions_owned on /metrics.
+        "partitions": {"owned": facts["partitions_owned"], "total": facts["partitions"],
+                       "members": facts["members"], "fenced": facts["fenced"]},
     }

@@ -1,16 +1,19 @@
 """The routes page's dry-run box: `parcours routes test` for a pasted message.
 
-Calls the running router's pure `evaluate` (no store, no bus, no destination), so what the
-page shows is exactly what the running routes would do with that message. Nothing is kept:
-the sample is neither stored nor logged (it usually carries patient data).
+Calls the running router's pure `evaluate` through the engine's port (no store, no bus, no
+destination), so what the page shows is exactly what the running routes would do with that
+message. Nothing is kept: the sample is neither stored nor logged (it usually carries patient
+data).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.routing.router import Router, exchange_from_bytes
+from engine.routing.router import RouteResult, exchange_from_bytes
+from transformers.exchange import Exchange
 
 PREVIEW_CHARS = 4000
 MAX_SAMPLE_BYTES = 2 * 1024 * 1024
@@ -35,7 +38,8 @@ class DryRun:
         return any(r["matched"] for m in self.messages for r in m.routes)
 
 
-def dry_run(router: Router, sample: str, channel: str) -> DryRun:
+def dry_run(evaluate: Callable[[Exchange], list[RouteResult]], sample: str, channel: str
+            ) -> DryRun:
     from transformers.hl7.batch import split_messages
 
     data = sample.encode("utf-8")
@@ -55,7 +59,7 @@ def dry_run(router: Router, sample: str, channel: str) -> DryRun:
         h = ex.headers
         dm = DryMessage(i, h["message_code"] or "?", h["control_id"] or "?",
                         f"{h['sending_application']}/{h['sending_facility']}")
-        for res in router.evaluate(ex, run_disabled=True):
+        for res in evaluate(ex):
             payloads = []
             for p in res.payloads:
                 body = p.payload.decode("utf-8", "replace").replace("\r\n", "\n")

@@ -139,7 +139,7 @@ def build_router(ui: UI) -> APIRouter:
 
             next_query = urlencode(params)
         return ui.render(request, "messages.html", {
-            "rows": rows, "q": q, "channels": sorted(set(channels) | set(engine.channels)),
+            "rows": rows, "q": q, "channels": sorted(set(channels) | engine.running_channels()),
             "statuses": STATUSES, "next_query": next_query}, session=s)
 
     @router.get("/ui/messages/{message_id}", response_class=HTMLResponse)
@@ -207,9 +207,7 @@ def build_router(ui: UI) -> APIRouter:
                              "message": f"Message {message_id}: its raw bytes were removed by "
                                         "retention; it cannot be reprocessed."},
                              status=409, session=s)
-        n, parts = await asyncio.to_thread(engine.router.replay, message_id)
-        for p in parts:
-            engine.bus.notify(p)
+        n = await asyncio.to_thread(engine.replay, message_id)
         await asyncio.to_thread(auth_adapter.audit_many, engine, s,
                                 [row["patient_key"]] if row["patient_key"] else [],
                                 "ui.reprocess", remote_of(request),
@@ -228,9 +226,7 @@ def build_router(ui: UI) -> APIRouter:
             return ui.render(request, "error.html", {"title": "Not found",
                              "message": f"No delivery {delivery_id}."}, status=404, session=s)
         refused: dict[int, str] = {}
-        parts = await asyncio.to_thread(engine.runner.retry, [delivery_id], refused)
-        for p in parts:
-            engine.bus.notify(p)
+        await asyncio.to_thread(engine.retry, [delivery_id], refused)
         await asyncio.to_thread(auth_adapter.audit_many, engine, s,
                                 [d["patient_key"]] if d["patient_key"] else [],
                                 "ui.retry", remote_of(request),
@@ -287,7 +283,7 @@ def build_router(ui: UI) -> APIRouter:
         channel = form.get("channel", "main") or "main"
         from engine.ui.dry_run import dry_run as run
 
-        dry = await asyncio.to_thread(run, engine.router, sample, channel)
+        dry = await asyncio.to_thread(run, engine.evaluate_routes, sample, channel)
         ctx = await asyncio.to_thread(_routes_context)
         return ui.render(request, "routes.html", {**ctx, "notice": None, "dry": dry,
                                                   "sample": sample, "dry_channel": channel},
@@ -339,7 +335,6 @@ def build_router(ui: UI) -> APIRouter:
         def work() -> tuple[str | None, int]:
             from engine.routing.backlog import accept
             from mappings.loader import MappingError
-            from transformers.lab.transformer import configure
 
             try:
                 _path, message_ids = accept(engine.store, engine.settings.mappings_dir, sender,
@@ -347,11 +342,9 @@ def build_router(ui: UI) -> APIRouter:
             except (MappingError, ValueError) as exc:
                 return str(exc), 0
             # The router's normalisation must see the new mapping before the replays.
-            engine.lab = configure(engine.settings.mappings_dir)
+            engine.reload_mappings()
             for mid in message_ids:
-                _n, parts = engine.router.replay(mid)
-                for p in parts:
-                    engine.bus.notify(p)
+                engine.replay(mid)
             return None, len(message_ids)
 
         refusal, count = await asyncio.to_thread(work)

@@ -21,7 +21,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from engine.ui.session import COOKIE, Session, SessionSigner
 
 if TYPE_CHECKING:
-    from engine.app import Engine
+    from engine.api.port import EngineView
 
 UI_DIR = Path(__file__).resolve().parent.parent.parent / "monitoring" / "ui"
 TEMPLATES = UI_DIR / "templates"
@@ -117,7 +117,7 @@ def make_templates() -> Environment:
 class UI:
     """Per-app state: the engine, the templates and the session signer."""
 
-    def __init__(self, engine: Engine, signer: SessionSigner | None = None) -> None:
+    def __init__(self, engine: EngineView, signer: SessionSigner | None = None) -> None:
         self.engine = engine
         self.templates = make_templates()
         self.signer = signer or SessionSigner()

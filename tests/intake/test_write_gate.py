@@ -115,3 +115,66 @@ def test_a_stuck_holder_slows_writers_but_never_stops_them(
     assert "writing without it" in caplog.text
     gate.release(stuck)
     assert gate._owner is None  # noqa: SLF001
+
+
+def _until(check, limit: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + limit
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_a_holder_sees_a_writer_of_this_process_waiting() -> None:
+    from engine.store.write_gate import WriteGate
+
+    gate = WriteGate()
+    a, b = object(), object()
+    gate.hold(a)
+    assert not gate.others_waiting()
+    taken = threading.Event()
+
+    def other() -> None:
+        gate.hold(b)
+        taken.set()
+        gate.release(b)
+
+    t = threading.Thread(target=other)
+    t.start()
+    assert _until(gate.others_waiting)
+    assert not taken.is_set()
+    gate.release(a)
+    t.join(10)
+    assert taken.is_set() and not gate.others_waiting()
+
+
+def test_a_holder_sees_a_writer_of_the_other_process_waiting(tmp_path: Path) -> None:
+    """Two gates on one lock file are the intake process and its worker (each open file
+    description is its own flock owner, as in two processes)."""
+    from engine.store.write_gate import WriteGate
+
+    lock = str(tmp_path / "db.gate")
+    intake, worker = WriteGate(lock_file=lock), WriteGate(lock_file=lock)
+    try:
+        w, i = object(), object()
+        worker.hold(w)
+        assert not worker.others_waiting()
+        taken = threading.Event()
+
+        def commit() -> None:
+            intake.hold(i)
+            taken.set()
+
+        t = threading.Thread(target=commit)
+        t.start()
+        assert _until(worker.others_waiting)
+        assert not taken.is_set()
+        worker.release(w)
+        t.join(10)
+        assert taken.is_set()
+        assert not intake.others_waiting() and not worker.others_waiting()
+        intake.release(i)
+    finally:
+        intake.close()
+        worker.close()

@@ -16,10 +16,10 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
-    from engine.app import Engine
+    from engine.api.port import EngineView
 
 
-def create_app(engine: Engine) -> FastAPI:
+def create_app(engine: EngineView) -> FastAPI:
     # /docs and /redoc load Swagger UI and ReDoc from the installed package, not a CDN: an
     # engine inside a hospital network usually has no way out to the internet.
     app = FastAPIOffline(title="Parcours", version="0.1.0")
