@@ -237,12 +237,14 @@ class Pruner:
     def _write(self, ids: list[int], step: Callable[[Connection, list[int]], _R],
                report: PruneReport, *, chunk: int = CHUNK, weight: int = 1) -> list[_R]:
         """Apply `step` to `ids`, `chunk` at a time, in as many transactions as the budget
-        asks: a transaction takes chunks until it has worked `budget_s` (by `clock`) or
-        holds `max_rows` (ids / `weight`), then commits, and the pruner rests before the
-        next. SQLite: BEGIN IMMEDIATE takes the write lock (and the engine's write gate)
-        before the guard is read again, so nothing commits between that read and the
-        write."""
+        asks: a transaction takes chunks until it has worked `budget_s` (by `clock`), holds
+        `max_rows` (ids / `weight`) or — SQLite — another writer waits for the gate
+        (`WriteGate.others_waiting`: a thread of this process or a writer of the other), then
+        commits, and the pruner rests before the next. SQLite: BEGIN IMMEDIATE takes the
+        write lock (and the engine's write gate) before the guard is read again, so nothing
+        commits between that read and the write."""
         out: list[_R] = []
+        gate = gate_of(self.store.engine)
         i = 0
         while i < len(ids):
             started = time.perf_counter()
@@ -253,7 +255,8 @@ class Pruner:
                     started = time.perf_counter()  # the hold starts once the gate is ours
                 budget_from = self.clock()
                 while i < len(ids) and rows < self.max_rows * weight and (
-                        rows == 0 or self.clock() - budget_from < self.budget_s):
+                        rows == 0 or (self.clock() - budget_from < self.budget_s
+                                      and not (gate is not None and gate.others_waiting()))):
                     part = ids[i:i + chunk]
                     i += len(part)
                     rows += len(part)

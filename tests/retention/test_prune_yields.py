@@ -146,3 +146,35 @@ def test_prune_commits_without_fsync_and_gives_the_connection_back_as_it_was(
         assert autos == {1000}  # and SQLite's auto-checkpoint as it was
     finally:
         s.close()
+
+
+def test_a_writer_waiting_ends_the_transaction_after_one_chunk(tmp_path: Path) -> None:
+    """Budget never spent (the clock stands still), row limit 50 — but a writer of another
+    process is waiting (it holds the gate's `.wants` file shared, as `WriteGate.hold` does
+    while blocked): every transaction commits after its first chunk."""
+    import fcntl
+    import os
+
+    db = tmp_path / "wants.db"
+    s = Store(f"sqlite:///{db}")
+    s.migrate()
+    with s.engine.begin() as conn:
+        write(conn, [MessageSpec(status="done", age=30, size=2000) for _ in range(N)], NOW)
+    fd = os.open(f"{db}.gate.wants", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        report = Pruner(s, POLICY, budget_s=1.0, max_rows=50, clock=lambda: 0.0,
+                        rest=False).run(now=NOW, vacuum=False)
+        assert report.most_rows_in_batch == 50  # nobody waiting: the row limit cuts
+        with s.engine.begin() as conn:
+            clear(conn)
+            write(conn, [MessageSpec(status="done", age=30, size=2000) for _ in range(N)],
+                  NOW)
+        fcntl.flock(fd, fcntl.LOCK_SH)  # another process's writer is blocked on the gate
+        report = Pruner(s, POLICY, budget_s=1.0, max_rows=50, clock=lambda: 0.0,
+                        rest=False).run(now=NOW, vacuum=False)
+        assert report.payloads == N
+        assert report.most_rows_in_batch == CHUNK
+        assert report.batches == N // CHUNK
+    finally:
+        os.close(fd)
+        s.close()
