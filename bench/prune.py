@@ -57,6 +57,8 @@ def _child(url: str, stop: Any, out: Any) -> None:
     store = Store(url)
     samples: list[float] = []
     starts: list[float] = []
+    store.save_arrivals([Arrival(channel="bench", raw=RAW, status=MessageStatus.ACCEPTED)])
+    out.send("ready")  # imports done, connection open: the measured window starts now
     commits(store, stop, samples, starts)  # type: ignore[arg-type]
     out.send((samples, starts))
     store.close()
@@ -83,6 +85,8 @@ class Committer:
             self.worker = ctx.Process(target=_child, args=(self.store.url, self.stop,
                                                             child_end))
         self.worker.start()
+        if not self.in_process:
+            assert self.pipe.recv() == "ready"
 
     def finish(self) -> tuple[list[float], list[float]]:
         self.stop.set()
