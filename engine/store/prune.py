@@ -16,8 +16,9 @@ Dropping payloads keeps the row and its metadata (ids, control id, type, patient
 ACK code, size) searchable; the content digest is computed first for rows stored before
 digests existed, so a resend is still recognised.
 
-Each write transaction is bounded twice: by time (`BUDGET_S` of work, checked after every
-`CHUNK` messages, as the timeline's 20 ms cap) and by rows (`MAX_ROWS`). On SQLite the writers
+Each write transaction is bounded by time (`BUDGET_S` of work, checked after every `CHUNK`
+messages, as the timeline's 20 ms cap), by rows (`MAX_ROWS`) and, on SQLite, by another
+writer waiting for the gate (`WriteGate.others_waiting`). On SQLite the writers
 of an engine share the write gate (engine/store/write_gate.py), which serves them first come,
 first served: a group commit queued behind the pruner goes as soon as that one transaction
 commits, and the pruner then rests as long as it held the lock before asking again. The
