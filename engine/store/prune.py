@@ -25,8 +25,8 @@ commits, and the pruner then rests as long as it held the lock before asking aga
 WAL is checkpointed by the pruner between its transactions, outside the gate (PASSIVE: it
 waits for no reader or writer): left to SQLite's auto-checkpoint, the commit that crosses
 1,000 WAL pages copies them into the database and fsyncs it inside that COMMIT — with the
-pruner writing most of the pages that was the pruner's own commit, holding the gate for up to
-a quarter of a second (docs/benchmarks.md). On PostgreSQL row locks on old rows never meet
+pruner writing most of the pages that was the pruner's own commit, holding the gate the
+longest of all (docs/benchmarks.md). On PostgreSQL row locks on old rows never meet
 intake's inserts; the same budget keeps each transaction's WAL and lock list small.
 Space: SQLite databases created with auto_vacuum=INCREMENTAL give freed pages back to the
 file system `VACUUM_PAGES` at a time (`incremental_vacuum`), each step one short hold of the
@@ -75,7 +75,7 @@ READ_AHEAD = 200  # candidates read (no write lock) per round of transactions
 ATTEMPTS_PER_MESSAGE = 5  # attempt rows count as a fifth of a message in the limits above
 VACUUM_PAGES = 64  # pages given back per incremental_vacuum step (one hold of the gate)
 # The WAL file is truncated after a pass only up to this size: the ftruncate runs under the
-# gate, and costs ~0.2 ms per MiB here (a 433 MiB WAL: 79 ms; docs/benchmarks.md).
+# gate and costs in proportion to the file's size (measured in docs/benchmarks.md).
 WAL_TRUNCATE_MAX = 16 << 20
 HOLDS_KEPT = 100_000  # per-transaction timings a report keeps (a pass over 10M rows: 1M+)
 
@@ -628,7 +628,7 @@ def _truncate_wal(store: Store) -> bool:
     writer in the way makes it give up at once, and the WAL is then reused from its start
     by the next writer instead of shrinking now. A WAL file over `WAL_TRUNCATE_MAX` (left by
     one huge transaction: a bulk load, a migration) is not truncated here at all: the
-    ftruncate alone would hold the gate for tens of ms. SQLite removes the WAL when the
+    ftruncate alone would hold the gate in proportion to the file's size. SQLite removes the WAL when the
     last connection closes (https://sqlite.org/wal.html)."""
     from pathlib import Path
 
