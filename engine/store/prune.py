@@ -628,8 +628,8 @@ def _truncate_wal(store: Store) -> bool:
     writer in the way makes it give up at once, and the WAL is then reused from its start
     by the next writer instead of shrinking now. A WAL file over `WAL_TRUNCATE_MAX` (left by
     one huge transaction: a bulk load, a migration) is not truncated here at all: the
-    ftruncate alone would hold the gate in proportion to the file's size. SQLite removes the WAL when the
-    last connection closes (https://sqlite.org/wal.html)."""
+    ftruncate alone would hold the gate in proportion to the file's size. SQLite removes the
+    WAL when the last connection closes (https://sqlite.org/wal.html)."""
     from pathlib import Path
 
     path = store.url.split("///", 1)[-1]
