@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from channels.folder import FileOutcome
@@ -33,8 +34,10 @@ class FileIntake:
         return await asyncio.to_thread(self._process, policy, name, data, sha256)
 
     def _process(self, policy: IntakePolicy, name: str, data: bytes, sha256: str,
-                 origin: str | None = None) -> FileOutcome:
-        """`origin`: "history" for `parcours import --routes-as history`."""
+                 origin: str | None = None,
+                 stamp: Callable[[list[Arrival]], None] | None = None) -> FileOutcome:
+        """`origin`: "history" for `parcours import --routes-as history`; `stamp` sets the
+        arrivals' times before they are stored (`parcours import`: their original time)."""
         known = self.store.find_file(policy.channel, name, sha256)
         if known is not None:
             # Recorded before a crash, not yet moved: finish the move, process nothing again.
@@ -49,6 +52,8 @@ class FileIntake:
         for a in arrivals:  # issue #17: a refused file keeps its head, not all of it
             keep_head(a, policy.max_stored_bytes)
             a.origin = origin
+        if stamp is not None:
+            stamp(arrivals)
         if policy.daily_volume_alarm_bytes is not None:
             self.intake.volume_of(policy).add(f"folder {policy.channel}", len(data))
         _, saved = self.store.save_file(

@@ -12,6 +12,16 @@ History is not live traffic: with `--routes-as history` (the default) the messag
 `origin = history` and only routes with `history: true` take them (engine/routing/router.py), so an
 operator gives that flag to the timeline route and keeps DMP submission and MLLP forwarding
 from receiving years of old messages. `--routes-as live` routes them like any arrival.
+
+Times: an imported message is stored under its original time, so the search by date finds
+history on its own dates and the retention clocks that start at arrival (unrouted, error,
+duplicate, rejected; the dedup window) count from when it happened, not from the import.
+`received_at` is MSH-7 (HL7 v2.5.1 §2.14.9.7, "date/time the sending system created the
+message"; without an offset it is the sender's local time, §2.A.22, read as Europe/Paris),
+else — no MSH-7, an unreadable one, a CDA document, a file refused whole — the file's mtime,
+the closest thing to when the sender wrote it. `imported_at` keeps the import's own time.
+Live arrivals keep the moment Parcours received them (`imported_at` NULL): MSH-7 is the
+sender's clock, not ours, and is not used for them.
 """
 
 from __future__ import annotations
@@ -20,12 +30,15 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from engine.config import Config
 from engine.intake.folders import FileIntake
 from engine.intake.handler import Intake, IntakePolicy
-from engine.store.database import Store
+from engine.store.database import Arrival, Store
+from transformers.events.common import hl7_time
+from transformers.hl7.header import HeaderError, read_header
 
 log = logging.getLogger("parcours.import")
 
@@ -95,7 +108,10 @@ class HistoryImport:
         if self.store.find_file(self.policy.channel, name, sha) is not None:
             report.skipped += 1
             return 0
-        outcome = self.files._process(self.policy, name, data, sha, origin=self.origin)
+        mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        outcome = self.files._process(self.policy, name, data, sha, origin=self.origin,
+                                      stamp=lambda arrivals: stamp_original_times(arrivals,
+                                                                                  mtime))
         report.files += 1
         report.messages += outcome.message_count
         report.bytes += len(data)
@@ -105,3 +121,21 @@ class HistoryImport:
                                          "messages": outcome.message_count,
                                          "status": outcome.status})
         return outcome.message_count
+
+
+def original_time(raw: bytes) -> datetime | None:
+    """MSH-7's first component (TS.1, the DTM; TS.2 is its precision in v2.5), in UTC."""
+    try:
+        header = read_header(raw)
+    except HeaderError:
+        return None
+    dtm = header.timestamp.split(header.encoding.component, 1)[0]
+    iso = hl7_time(dtm)
+    return datetime.fromisoformat(iso) if iso else None
+
+
+def stamp_original_times(arrivals: list[Arrival], mtime: datetime) -> None:
+    """Each arrival's received_at becomes its original time; imported_at, the import's."""
+    for a in arrivals:
+        a.imported_at = a.received_at
+        a.received_at = (original_time(a.raw) if a.charset != "xml" else None) or mtime

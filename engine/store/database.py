@@ -119,6 +119,7 @@ class Arrival:
     refusal: RefusalBuilder | None = None  # with on_reuse "refuse"
     reuse_of: int | None = None  # set by the store: the first message under this id
     origin: str | None = None  # "history" for `parcours import --routes-as history`
+    imported_at: datetime | None = None  # `parcours import`: received_at is then MSH-7's
 
     def row(self) -> dict[str, Any]:
         row = self._row()
@@ -164,6 +165,7 @@ class Arrival:
             "file_id": self.file_id,
             "pruned_at": None,
             "origin": self.origin,
+            "imported_at": self.imported_at,
         }
 
     def content_digest(self) -> str:

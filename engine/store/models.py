@@ -94,6 +94,10 @@ class Message(Base):
     # "history" for messages loaded by `parcours import --routes-as history`: only routes
     # with `history: true` take them (engine/intake/history_import.py). NULL for live arrivals.
     origin: Mapped[str | None] = mapped_column(String(16))
+    # When `parcours import` loaded it; its `received_at` is then the message's original
+    # time (MSH-7, else the file's mtime), so history is searched and retained by its own
+    # dates. NULL for live arrivals. Migration 0014_prune.
+    imported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     # Migration 0013_prune also indexes the bare patient id (the part of patient_key after
     # "authority|"), an expression index the search's patient filter uses, and, on

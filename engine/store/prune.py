@@ -16,13 +16,23 @@ Dropping payloads keeps the row and its metadata (ids, control id, type, patient
 ACK code, size) searchable; the content digest is computed first for rows stored before
 digests existed, so a resend is still recognised.
 
-Each batch is one short write transaction (at most `BATCH` messages): on SQLite the writers
-of an engine share the write gate (engine/store/write_gate.py), so intake's group commit waits at
-most one batch behind the pruner; on PostgreSQL row locks on old rows never meet intake's
-inserts. Space: SQLite databases created with auto_vacuum=INCREMENTAL give freed pages back
-to the file system a few hundred pages at a time (`incremental_vacuum`), an older file needs
-one `parcours prune --vacuum` (docs/operations.md); PostgreSQL gets a plain VACUUM of the
-pruned tables so the space is reused by new rows at once (the file does not shrink).
+Each write transaction is bounded by time (`BUDGET_S` of work, checked after every `CHUNK`
+messages, as the timeline's 20 ms cap), by rows (`MAX_ROWS`) and, on SQLite, by another
+writer waiting for the gate (`WriteGate.others_waiting`). On SQLite the writers
+of an engine share the write gate (engine/store/write_gate.py), which serves them first come,
+first served: a group commit queued behind the pruner goes as soon as that one transaction
+commits, and the pruner then rests as long as it held the lock before asking again. The
+WAL is checkpointed by the pruner between its transactions, outside the gate (PASSIVE: it
+waits for no reader or writer): left to SQLite's auto-checkpoint, the commit that crosses
+1,000 WAL pages copies them into the database and fsyncs it inside that COMMIT — with the
+pruner writing most of the pages that was the pruner's own commit, holding the gate the
+longest of all (docs/benchmarks.md). On PostgreSQL row locks on old rows never meet
+intake's inserts; the same budget keeps each transaction's WAL and lock list small.
+Space: SQLite databases created with auto_vacuum=INCREMENTAL give freed pages back to the
+file system `VACUUM_PAGES` at a time (`incremental_vacuum`), each step one short hold of the
+gate followed by a checkpoint and a rest; an older file needs one `parcours prune --vacuum`
+(docs/operations.md). PostgreSQL gets a plain VACUUM of the pruned tables so the space is
+reused by new rows at once (the file does not shrink).
 """
 
 from __future__ import annotations
@@ -30,9 +40,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import TypeVar
 
 from sqlalchemy import ColumnElement, delete, exists, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
@@ -52,8 +66,18 @@ from engine.timeline.models import applied_events
 
 log = logging.getLogger("parcours.prune")
 
-BATCH = 20  # messages per write transaction: a few ms of the write lock (docs/benchmarks.md)
-VACUUM_PAGES = 256  # pages given back per incremental_vacuum step
+_R = TypeVar("_R")
+
+BUDGET_S = 0.005  # work done in one prune transaction before it commits (then the commit)
+MAX_ROWS = 50  # messages per prune transaction, whatever the clock says
+CHUNK = 5  # messages per statement group: the budget is checked between groups
+READ_AHEAD = 200  # candidates read (no write lock) per round of transactions
+ATTEMPTS_PER_MESSAGE = 5  # attempt rows count as a fifth of a message in the limits above
+VACUUM_PAGES = 64  # pages given back per incremental_vacuum step (one hold of the gate)
+# The WAL file is truncated after a pass only up to this size: the ftruncate runs under the
+# gate and costs in proportion to the file's size (measured in docs/benchmarks.md).
+WAL_TRUNCATE_MAX = 16 << 20
+HOLDS_KEPT = 100_000  # per-transaction timings a report keeps (a pass over 10M rows: 1M+)
 
 _m = messages
 _dup = messages.alias("dup")
@@ -71,8 +95,15 @@ class PruneReport:
     attempts: int = 0
     messages: int = 0  # whole rows removed, with their deliveries and attempts
     message_bytes: int = 0
-    batches: int = 0
-    longest_batch_ms: float = 0.0
+    batches: int = 0  # write transactions (each one hold of the write lock)
+    longest_batch_ms: float = 0.0  # longest of them, COMMIT included
+    most_rows_in_batch: int = 0  # messages (or attempts / ATTEMPTS_PER_MESSAGE) in the largest
+    # Every hold (the newest HOLDS_KEPT), for bench/prune.py, and the COMMIT's part of each.
+    batch_ms: deque[float] = field(default_factory=lambda: deque(maxlen=HOLDS_KEPT))
+    commit_ms: deque[float] = field(default_factory=lambda: deque(maxlen=HOLDS_KEPT))
+    vacuum_steps: int = 0
+    longest_vacuum_step_ms: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # name -> perf_counter at its start
     file_bytes_before: int | None = None  # SQLite file (+ WAL); PostgreSQL relations
     file_bytes_after: int | None = None
     vacuum_note: str = ""
@@ -164,9 +195,17 @@ def _groups(policy: Retention) -> Iterator[_Group]:
 
 
 class Pruner:
-    def __init__(self, store: Store, policy: Retention) -> None:
+    def __init__(self, store: Store, policy: Retention, *, budget_s: float = BUDGET_S,
+                 max_rows: int = MAX_ROWS, clock: Callable[[], float] = time.perf_counter,
+                 rest: bool = True) -> None:
+        """`clock` decides when a transaction's budget is spent (a test passes one that it
+        advances itself); `rest=False` skips the pause between transactions (tests)."""
         self.store = store
         self.policy = policy
+        self.budget_s = budget_s
+        self.max_rows = max_rows
+        self.clock = clock
+        self.rest = rest
 
     def run(self, *, dry_run: bool = False, now: datetime | None = None,
             vacuum: bool = True, on_batch: Callable[[PruneReport], None] | None = None
@@ -189,9 +228,73 @@ class Pruner:
                 self._attempts(group, now - timedelta(days=r.attempt_days), report,
                                dry_run, on_batch)
         if not dry_run and vacuum:
-            report.vacuum_note = self.give_back_space()
+            report.phases["space"] = time.perf_counter()
+            report.vacuum_note = self.give_back_space(report)
         report.file_bytes_after = self.store_bytes()
         return report
+
+    # -- the write transactions -----------------------------------------------------------
+
+    def _write(self, ids: list[int], step: Callable[[Connection, list[int]], _R],
+               report: PruneReport, *, chunk: int = CHUNK, weight: int = 1) -> list[_R]:
+        """Apply `step` to `ids`, `chunk` at a time, in as many transactions as the budget
+        asks: a transaction takes chunks until it has worked `budget_s` (by `clock`), holds
+        `max_rows` (ids / `weight`) or — SQLite — another writer waits for the gate
+        (`WriteGate.others_waiting`: a thread of this process or a writer of the other), then
+        commits, and the pruner rests before the next. SQLite: BEGIN IMMEDIATE takes the
+        write lock (and the engine's write gate) before the guard is read again, so nothing
+        commits between that read and the write."""
+        out: list[_R] = []
+        gate = gate_of(self.store.engine)
+        i = 0
+        while i < len(ids):
+            started = time.perf_counter()
+            rows = 0
+            with self.store.engine.connect() as conn, _no_fsync(conn), conn.begin():
+                if conn.dialect.name == "sqlite":
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                    started = time.perf_counter()  # the hold starts once the gate is ours
+                budget_from = self.clock()
+                while i < len(ids) and rows < self.max_rows * weight and (
+                        rows == 0 or (self.clock() - budget_from < self.budget_s
+                                      and not (gate is not None and gate.others_waiting()))):
+                    part = ids[i:i + chunk]
+                    i += len(part)
+                    rows += len(part)
+                    out.append(step(conn, part))
+                worked = time.perf_counter()
+            ended = time.perf_counter()
+            report.commit_ms.append((ended - worked) * 1000)
+            self._after_transaction(report, ended - started, -(-rows // weight))
+        return out
+
+    def _after_transaction(self, report: PruneReport, held: float, rows: int) -> None:
+        """Count the transaction, checkpoint the WAL outside the gate, then rest as long as
+        the transaction held the write lock: the pruner takes at most half of the writers'
+        time, and a writer queued on the gate meanwhile goes first (first come, first
+        served)."""
+        report.batches += 1
+        report.batch_ms.append(held * 1000)
+        report.longest_batch_ms = max(report.longest_batch_ms, held * 1000)
+        report.most_rows_in_batch = max(report.most_rows_in_batch, rows)
+        started = time.perf_counter()
+        self.checkpoint()
+        if self.rest:  # the checkpoint, outside the gate, was already part of the rest
+            time.sleep(max(0.0, min(held, 1.0) - (time.perf_counter() - started)))
+
+    def checkpoint(self) -> None:
+        """SQLite: copy the WAL into the database now, in this thread, with no lock held.
+
+        https://sqlite.org/c3ref/wal_checkpoint_v2.html: PASSIVE "checkpoint as many frames
+        as possible without waiting for any database readers or writers to finish"; it
+        never invokes the busy handler. Done after each prune transaction, the WAL never
+        reaches the auto-checkpoint threshold (1,000 pages, https://sqlite.org/wal.html),
+        so no COMMIT — intake's or the pruner's under the gate — pays for the copy and the
+        database fsync."""
+        if self.store.dialect != "sqlite":
+            return
+        with self.store.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     # -- payloads -------------------------------------------------------------------------
 
@@ -204,7 +307,7 @@ class Pruner:
             with self.store.engine.connect() as conn:
                 rows = conn.execute(
                     select(_m.c.id, func.length(_m.c.raw), _m.c.content_digest)
-                    .where(_m.c.id > after, *guard).order_by(_m.c.id).limit(BATCH)).all()
+                    .where(_m.c.id > after, *guard).order_by(_m.c.id).limit(READ_AHEAD)).all()
                 if not rows:
                     return
                 after = rows[-1][0]
@@ -214,17 +317,15 @@ class Pruner:
                 digests = self._missing_digests(conn, [r[0] for r in rows if r[2] is None])
             if dry_run:
                 pruned = ids
-            else:
-                started = time.perf_counter()
-                with self.store.engine.begin() as conn:
-                    if conn.dialect.name == "sqlite":
-                        pruned, emptied = _sqlite_drop_payloads(conn, ids, guard, now, digests)
-                    else:
-                        pruned, emptied = _drop_payloads(conn, ids, guard, now, digests)
-                    report.deliveries_emptied += emptied
-                self._timed(report, started)
-            if dry_run:
                 report.deliveries_emptied += sum(payload_counts.values())
+            else:
+                sqlite = self.store.dialect == "sqlite"
+                drop = _sqlite_drop_payloads if sqlite else _drop_payloads
+                pruned = []
+                step = partial(_drop_step, drop, guard, now, digests)
+                for got, emptied in self._write(ids, step, report):
+                    pruned.extend(got)
+                    report.deliveries_emptied += emptied
             report.payloads += len(pruned)
             report.payload_bytes += sum(raw_bytes[i] + payload_bytes.get(i, 0) for i in pruned)
             report.by_rule[f"payloads {group.label}"] = (
@@ -261,12 +362,29 @@ class Pruner:
                     else or_(_m.c.dedup_key.is_(None), _m.c.received_at < window))
         guard = [*group.where(), _m.c.received_at < cutoff, ~_not_delivered(cutoff),
                  ~_referenced(), dedup_ok]
+
+        def remove(conn: Connection, part: list[int]) -> list[int]:
+            # The guard is read again under the write lock (SQLite: BEGIN IMMEDIATE, as
+            # engine/timeline/service.py; PostgreSQL: the rows locked), so a duplicate or a
+            # replay committed since the first read keeps its row.
+            keep_out = select(_m.c.id).where(_m.c.id.in_(part), *guard)
+            if conn.dialect.name != "sqlite":
+                keep_out = keep_out.with_for_update(of=_m)
+            gone = list(conn.execute(keep_out).scalars())
+            if gone:
+                dels = select(_d.c.id).where(_d.c.message_id.in_(gone))
+                conn.execute(delete(delivery_attempts)
+                             .where(delivery_attempts.c.delivery_id.in_(dels)))
+                conn.execute(delete(_d).where(_d.c.message_id.in_(gone)))
+                conn.execute(delete(_m).where(_m.c.id.in_(gone)))
+            return gone
+
         after = 0
         while True:
             with self.store.engine.connect() as conn:
                 rows = conn.execute(
                     select(_m.c.id, func.length(_m.c.raw)).where(_m.c.id > after, *guard)
-                    .order_by(_m.c.id).limit(BATCH)).all()
+                    .order_by(_m.c.id).limit(READ_AHEAD)).all()
                 if not rows:
                     return
                 after = rows[-1][0]
@@ -277,24 +395,7 @@ class Pruner:
             if dry_run:
                 gone = ids
             else:
-                started = time.perf_counter()
-                with self.store.engine.begin() as conn:
-                    # The guard is read again under the write lock (SQLite: BEGIN IMMEDIATE,
-                    # as engine/timeline/service.py; PostgreSQL: the rows locked), so a
-                    # duplicate or a replay committed since the first read keeps its row.
-                    keep_out = select(_m.c.id).where(_m.c.id.in_(ids), *guard)
-                    if conn.dialect.name == "sqlite":
-                        conn.exec_driver_sql("BEGIN IMMEDIATE")
-                    else:
-                        keep_out = keep_out.with_for_update(of=_m)
-                    gone = list(conn.execute(keep_out).scalars())
-                    if gone:
-                        dels = select(_d.c.id).where(_d.c.message_id.in_(gone))
-                        conn.execute(delete(delivery_attempts)
-                                     .where(delivery_attempts.c.delivery_id.in_(dels)))
-                        conn.execute(delete(_d).where(_d.c.message_id.in_(gone)))
-                        conn.execute(delete(_m).where(_m.c.id.in_(gone)))
-                self._timed(report, started)
+                gone = [i for part in self._write(ids, remove, report) for i in part]
             report.messages += len(gone)
             report.message_bytes += sum(sizes[i] for i in gone)
             report.by_rule[f"messages {group.label}"] = (
@@ -315,36 +416,29 @@ class Pruner:
         a = delivery_attempts
         guard = [*group.where(), a.c.at < cutoff, _d.c.status == DeliveryStatus.DELIVERED]
         joined = a.join(_d, a.c.delivery_id == _d.c.id).join(_m, _d.c.message_id == _m.c.id)
+
+        def remove(conn: Connection, part: list[int]) -> int:
+            # Delivered deliveries stay delivered: the guard needs no second look.
+            conn.execute(delete(a).where(a.c.id.in_(part)))
+            return len(part)
+
         after = 0
         while True:
             with self.store.engine.connect() as conn:
                 ids = list(conn.execute(
                     select(a.c.id).select_from(joined).where(a.c.id > after, *guard)
-                    .order_by(a.c.id).limit(BATCH * 5)).scalars())
+                    .order_by(a.c.id).limit(READ_AHEAD * ATTEMPTS_PER_MESSAGE)).scalars())
             if not ids:
                 return
             after = ids[-1]
             if not dry_run:
-                started = time.perf_counter()
-                with self.store.engine.begin() as conn:
-                    # Delivered deliveries stay delivered: the guard needs no second look.
-                    conn.execute(delete(a).where(a.c.id.in_(ids)))
-                self._timed(report, started)
+                self._write(ids, remove, report, chunk=CHUNK * ATTEMPTS_PER_MESSAGE,
+                            weight=ATTEMPTS_PER_MESSAGE)
             report.attempts += len(ids)
             if on_batch:
                 on_batch(report)
 
     # -- space ----------------------------------------------------------------------------
-
-    @staticmethod
-    def _timed(report: PruneReport, started: float) -> None:
-        """Count the batch, then rest as long as it held the write lock: the pruner takes at
-        most half of the writers' time, and an arrival queued on the write gate waits for at
-        most one batch (the gate serves writers in arrival order)."""
-        held = time.perf_counter() - started
-        report.batches += 1
-        report.longest_batch_ms = max(report.longest_batch_ms, held * 1000)
-        time.sleep(min(held, 1.0))
 
     def store_bytes(self) -> int | None:
         """SQLite: the database file and its WAL; PostgreSQL: the pruned tables with their
@@ -362,15 +456,51 @@ class Pruner:
                 "SELECT pg_total_relation_size('messages') + pg_total_relation_size"
                 "('deliveries') + pg_total_relation_size('delivery_attempts')").scalar_one())
 
-    def give_back_space(self) -> str:
+    def give_back_space(self, report: PruneReport | None = None) -> str:
         if self.store.dialect == "sqlite":
-            return sqlite_incremental_vacuum(self.store)
+            return sqlite_incremental_vacuum(self.store, report, self)
         # Plain VACUUM (not FULL): no lock that blocks intake's inserts; the freed space is
         # reused by new rows at once instead of waiting for autovacuum's next round.
         with self.store.engine.connect().execution_options(
                 isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM (ANALYZE) messages, deliveries, delivery_attempts")
         return "store: VACUUM done; freed space is reused by new rows (the files keep their size)"
+
+
+@contextmanager
+def _no_fsync(conn: Connection) -> Iterator[None]:
+    """SQLite: the pruner's COMMIT neither fsyncs the WAL nor checkpoints it
+    (synchronous=NORMAL and wal_autocheckpoint=0 on its connection for the transaction, then
+    the connection's own settings again).
+
+    In WAL mode, NORMAL "ensures durability ... except a transaction committed might roll
+    back following a power loss or system crash"; the database stays consistent
+    (https://sqlite.org/pragma.html#pragma_synchronous). A prune transaction lost that way is
+    redone by the next pass — nothing an ACK promised depends on it — and the next commit of
+    a FULL writer (intake) fsyncs the WAL with the pruner's frames before its own. What it
+    saves is the fsync inside the write lock: on a busy disk the pruner's COMMIT was most of
+    its longest holds (docs/benchmarks.md)."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    dbapi = conn.connection.dbapi_connection
+    mode = dbapi.execute("PRAGMA synchronous").fetchone()[0]  # DBAPI: no autobegin
+    auto = dbapi.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    # Nor does it checkpoint: the pruner does that itself, outside the lock (`checkpoint`);
+    # the other writers keep SQLite's auto-checkpoint as it was.
+    dbapi.execute("PRAGMA synchronous=NORMAL")
+    dbapi.execute("PRAGMA wal_autocheckpoint=0")
+    try:
+        yield
+    finally:
+        dbapi.execute(f"PRAGMA synchronous={int(mode)}")
+        dbapi.execute(f"PRAGMA wal_autocheckpoint={int(auto)}")
+
+
+def _drop_step(drop: Callable[..., tuple[list[int], int]], guard: list[ColumnElement[bool]],
+               now: datetime, digests: dict[int, str], conn: Connection, part: list[int]
+               ) -> tuple[list[int], int]:
+    return drop(conn, part, guard, now, {i: d for i, d in digests.items() if i in part})
 
 
 def _drop_payloads(conn: Connection, ids: list[int], guard: list[ColumnElement[bool]],
@@ -400,8 +530,8 @@ def _sqlite_drop_payloads(conn: Connection, ids: list[int], guard: list[ColumnEl
     rows of 2 KB emptied by UPDATE, 0 pages freed; deleted and inserted again, 93 % of the
     pages freed). A DELETE rebalances under-full pages, merging them. Foreign keys that point
     at the rows (deliveries, attempts, duplicates) are checked at COMMIT
-    (`defer_foreign_keys`), when the rows are back under the same ids."""
-    conn.exec_driver_sql("BEGIN IMMEDIATE")  # the guard read and the rewrite: one snapshot
+    (`defer_foreign_keys`), when the rows are back under the same ids. The caller's
+    transaction began IMMEDIATE: the guard read and the rewrite are one snapshot."""
     conn.exec_driver_sql("PRAGMA defer_foreign_keys=ON")  # reset by SQLite at COMMIT
     cols = [c for c in _m.c if c.name != "raw"]
     rows = [dict(r) for r in conn.execute(select(*cols).where(_m.c.id.in_(ids), *guard))
@@ -431,33 +561,94 @@ def sqlite_auto_vacuum(store: Store) -> int:
         return int(conn.exec_driver_sql("PRAGMA auto_vacuum").scalar_one())
 
 
-def sqlite_incremental_vacuum(store: Store) -> str:
-    """Give free pages back a few hundred at a time, each step under the write gate (a
-    PRAGMA is not a statement the gate recognises), then truncate the WAL."""
+def sqlite_incremental_vacuum(store: Store, report: PruneReport | None = None,
+                              pruner: Pruner | None = None) -> str:
+    """Give free pages back `VACUUM_PAGES` at a time, each step one hold of the write gate
+    (a PRAGMA is not a statement the gate recognises, so it is taken here), then a PASSIVE
+    checkpoint outside it and a rest as long as the step held it — as a prune transaction.
+    Each step moves pages from the end of the file into free slots and writes them to the
+    WAL; the file itself shrinks when the checkpoint copies the WAL back
+    (https://sqlite.org/pragma.html#pragma_incremental_vacuum)."""
     if sqlite_auto_vacuum(store) != 2:
         return ("store: this SQLite file was created without auto_vacuum=INCREMENTAL; freed "
                 "pages are reused but the file does not shrink. Stop the engine and run "
                 "`parcours prune --vacuum` once (docs/operations.md).")
     gate = gate_of(store.engine)
+    checkpoint = pruner.checkpoint if pruner else lambda: None
+    rest = pruner.rest if pruner else False
     pages = 0
     with store.engine.connect() as conn:
         dbapi = conn.connection.dbapi_connection
+        mode = dbapi.execute("PRAGMA synchronous").fetchone()[0]
+        auto = dbapi.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
         while True:
             free = int(conn.exec_driver_sql("PRAGMA freelist_count").scalar_one())
             if free == 0:
                 break
             if gate is not None:
                 gate.hold(dbapi)
+            started = time.perf_counter()
             try:
                 # executescript steps the PRAGMA to its end; execute() steps it once, which
-                # frees one page (Python's sqlite3 module).
-                dbapi.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
+                # frees one page (Python's sqlite3 module). No fsync of its COMMIT, as for a
+                # prune transaction (`_no_fsync`): a step lost to a power cut is redone.
+                dbapi.executescript("PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0; "
+                                    f"PRAGMA incremental_vacuum({VACUUM_PAGES}); "
+                                    f"PRAGMA synchronous={int(mode)}; "
+                                    f"PRAGMA wal_autocheckpoint={int(auto)};")
             finally:
                 if gate is not None:
                     gate.release(dbapi)
+            held = time.perf_counter() - started
             pages += min(free, VACUUM_PAGES)
-        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-    return f"store: {pages} free page(s) given back to the file system"
+            if report is not None:
+                report.vacuum_steps += 1
+                report.longest_vacuum_step_ms = max(report.longest_vacuum_step_ms,
+                                                    held * 1000)
+            checkpoint()
+            if rest:
+                time.sleep(min(held, 1.0))
+    if report is not None:
+        report.phases["wal truncate"] = time.perf_counter()
+    note = f"store: {pages} free page(s) given back to the file system"
+    if not _truncate_wal(store):
+        note += ("; the WAL file is larger than the pass may truncate under the write lock: "
+                 "it is reused from its start and removed when the engine stops")
+    return note
+
+
+def _truncate_wal(store: Store) -> bool:
+    """Empty the WAL file once the pass is over, if that costs no one a wait.
+
+    A TRUNCATE checkpoint blocks new writers while it runs and waits (busy handler) for
+    readers (https://sqlite.org/c3ref/wal_checkpoint_v2.html); with busy_timeout 10 s that
+    was a stall of intake. Here the PASSIVE checkpoints have already copied nearly every
+    frame; the TRUNCATE runs under the write gate (the engine's writers queue on it, not on
+    SQLite's sleeping busy handler) with busy_timeout 0: a reader or another process's
+    writer in the way makes it give up at once, and the WAL is then reused from its start
+    by the next writer instead of shrinking now. A WAL file over `WAL_TRUNCATE_MAX` (left by
+    one huge transaction: a bulk load, a migration) is not truncated here at all: the
+    ftruncate alone would hold the gate in proportion to the file's size. SQLite removes the
+    WAL when the last connection closes (https://sqlite.org/wal.html)."""
+    from pathlib import Path
+
+    path = store.url.split("///", 1)[-1]
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size > WAL_TRUNCATE_MAX:
+        return False
+    gate = gate_of(store.engine)
+    with store.engine.connect() as conn:
+        dbapi = conn.connection.dbapi_connection
+        if gate is not None:
+            gate.hold(dbapi)
+        try:
+            conn.exec_driver_sql("PRAGMA busy_timeout=0")
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            conn.exec_driver_sql("PRAGMA busy_timeout=10000")
+            if gate is not None:
+                gate.release(dbapi)
+    return True
 
 
 def sqlite_full_vacuum(store: Store) -> None:

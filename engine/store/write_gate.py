@@ -22,8 +22,10 @@ import logging
 import os
 import re
 import threading
+import time
 import weakref
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, event
@@ -35,6 +37,14 @@ _GATES: weakref.WeakKeyDictionary[Engine, WriteGate] = weakref.WeakKeyDictionary
 # (engine/timeline/service.py), so no other writer commits between its reads and its writes.
 _WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER|WITH|BEGIN\s+IMMEDIATE)\b",
                     re.I)
+
+
+@dataclass(frozen=True)
+class Hold:
+    thread: str  # the holder's thread name
+    taken: float  # time.perf_counter()
+    released: float
+    queued: int  # writers waiting for the gate when it was released
 
 
 class WriteGate:
@@ -63,6 +73,17 @@ class WriteGate:
         self._next_ticket = 0
         self.waits = 0
         self.timeouts = 0
+        # Hold records, off unless `record()` is called (tests, bench/prune.py): who held the
+        # gate, from when to when (perf_counter), and how many writers were queued for it
+        # when it was released — what shows a long writer yields between its transactions.
+        self.holds: deque[Hold] | None = None
+        self._taken_at = 0.0
+        self._taken_by = ""
+
+    def record(self, maxlen: int = 200_000) -> deque[Hold]:
+        """Start keeping a `Hold` per hold of the gate (the newest `maxlen`)."""
+        self.holds = deque(maxlen=maxlen)
+        return self.holds
 
     def close(self) -> None:
         for fd in (self._lock_fd, self._wants_fd):
@@ -115,6 +136,9 @@ class WriteGate:
             self._depth += 1
             self._holders[key] = True
             first = self._depth == 1
+            if first and self.holds is not None:
+                self._taken_at = time.perf_counter()
+                self._taken_by = threading.current_thread().name
         if first and self._lock_fd is not None:
             try:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -134,6 +158,9 @@ class WriteGate:
                 return
             self._depth -= 1
             if self._depth == 0:
+                if self.holds is not None:
+                    self.holds.append(Hold(self._taken_by, self._taken_at,
+                                           time.perf_counter(), len(self._queue)))
                 if self._lock_fd is not None:
                     fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
                 self._owner = None

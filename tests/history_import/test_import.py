@@ -173,3 +173,58 @@ def test_import_errors(tmp_path: Path) -> None:
     (tmp_path / "empty" / "m.hl7").write_text(msg("E-1"))
     res = run("import", str(tmp_path / "empty"), "--store-url", url, "--routes", str(bad))
     assert res.returncode == 2 and "routes.yaml:4:" in res.stderr
+
+
+def test_imported_messages_keep_their_original_time(store_url: str, tmp_path: Path) -> None:
+    """received_at is MSH-7 (with its offset; without one, Paris time), else the file's
+    mtime; imported_at is the import's own time; the search by date finds them there."""
+    from datetime import UTC, datetime
+
+    from engine.intake.history_import import HistoryImport, policy_for_import
+    from engine.ui.messages import Search, search
+
+    folder = tmp_path / "history"
+    folder.mkdir()
+    stamped = {"offset": "20190315101500+0100", "local": "201903151015",
+               "none": "", "garbage": "15/03/2019"}
+    for name, ts in stamped.items():
+        text = msg(f"T-{name}").replace("|20261125120000|", f"|{ts}|", 1)
+        assert f"|{ts}|" in text
+        (folder / f"{name}.hl7").write_text(text)
+    mtime = datetime(2018, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
+    for name in ("none", "garbage"):
+        os.utime(folder / f"{name}.hl7", (mtime, mtime))
+    started = datetime.now(UTC)
+    store = Store(store_url)
+    store.migrate()
+    try:
+        HistoryImport(store, policy_for_import(None, "import")).run(
+            sorted(folder.iterdir()))
+        with store.engine.connect() as conn:
+            rows = {r.control_id: r for r in conn.execute(
+                select(messages.c.control_id, messages.c.received_at,
+                       messages.c.imported_at))}
+
+        def utc(v: datetime) -> datetime:
+            return v if v.tzinfo else v.replace(tzinfo=UTC)
+
+        assert utc(rows["T-offset"].received_at) == datetime(2019, 3, 15, 9, 15, tzinfo=UTC)
+        assert utc(rows["T-local"].received_at) == datetime(2019, 3, 15, 9, 15, tzinfo=UTC)
+        for name in ("T-none", "T-garbage"):
+            assert utc(rows[name].received_at) == datetime(2018, 1, 2, 3, 4, 5, tzinfo=UTC)
+        assert all(utc(r.imported_at) >= started.replace(microsecond=0)
+                   for r in rows.values())
+        found = search(store, Search(since=datetime(2019, 3, 15, tzinfo=UTC),
+                                     until=datetime(2019, 3, 16, tzinfo=UTC)))
+        assert sorted(r["control_id"] for r in found) == ["T-local", "T-offset"]
+        # A live arrival keeps the moment it was received, and no import time.
+        from engine.store.database import Arrival
+
+        store.save_arrivals([Arrival(channel="live", raw=msg("L-1").encode(),
+                                     status="accepted", control_id="L-1")])
+        with store.engine.connect() as conn:
+            live = conn.execute(select(messages.c.received_at, messages.c.imported_at)
+                                .where(messages.c.control_id == "L-1")).one()
+        assert live.imported_at is None and utc(live.received_at) >= started
+    finally:
+        store.close()
