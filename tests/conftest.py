@@ -156,8 +156,10 @@ async def make_engine(
 
 # Tests that share one thing no fresh database or vhost isolates: the RabbitMQ node itself
 # (tests/routing/test_rabbitmq.py stops and restarts it, so nothing else that talks to the broker
-# may run meanwhile), and the npm install of the FHIR client under var/. Each group runs on one
-# worker (`--dist loadgroup`); everything else spreads over the workers.
+# may run meanwhile), and the npm install of the FHIR client under var/. They are marked
+# `serial`; `make test` runs everything else on several workers, then these in one process.
+# (xdist's `--dist loadgroup` would do it in one run, but with pytest 9 its group suffix on the
+# node id has no effect: grouped tests were seen on both workers.)
 _BROKER_WORDS = ("fresh_vhost", "RABBIT_URL", "test_rabbitmq", "broker_url")
 _module_words: dict[Path, bool] = {}
 
@@ -172,9 +174,8 @@ def _talks_to_the_broker(item: pytest.Item) -> bool:
     return _module_words[path]
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects on the markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if _talks_to_the_broker(item):
-            item.add_marker(pytest.mark.xdist_group("broker"))
-        elif Path(str(item.fspath)).name == "test_clients.py":
-            item.add_marker(pytest.mark.xdist_group("npm"))
+        if _talks_to_the_broker(item) or Path(str(item.fspath)).name == "test_clients.py":
+            item.add_marker(pytest.mark.serial)
