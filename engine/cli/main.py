@@ -190,10 +190,9 @@ def _check_args(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command in ("serve", "work"):
-        from engine.allocator import bound_allocator, start_trimmer  # docs/fuzzing.md
+        from engine.allocator import bound_allocator  # long-running processes (docs/fuzzing.md)
 
         bound_allocator()
-        start_trimmer()
 
     def command() -> int:
         _check_args(args)
