@@ -312,7 +312,10 @@ def load_text(
         # transformer_options the schema refused: nothing more can be said about them
     ports: dict[int, str] = {}
     for name, ch in channels.items():
-        if ch.type == "mllp" and ch.enabled and ch.port:
+        # A port the schema refused (`port: {$PORT}`, a typo of `${PORT}`, is a YAML flow
+        # mapping) is already reported with its line; only whole numbers can clash.
+        if (ch.type == "mllp" and ch.enabled and isinstance(ch.port, int)
+                and not isinstance(ch.port, bool) and ch.port):
             if ch.port in ports:
                 problems.append(Problem(file, *_position(tree, ["channels", name, "port"]),
                                         f"channels {ports[ch.port]!r} and {name!r} both listen "
