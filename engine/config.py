@@ -6,6 +6,7 @@ reported on the line the operator has to edit, not as a JSON pointer.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -228,6 +229,13 @@ def load_schema() -> dict[str, Any]:
     return json.loads(SCHEMA_PATH.read_text())
 
 
+@functools.lru_cache(maxsize=1)
+def _validator() -> jsonschema.Draft202012Validator:
+    """One validator per process: the schema ships with the code, so reading and compiling
+    it again (and re-resolving its `$ref`s) on every check or reload buys nothing."""
+    return jsonschema.Draft202012Validator(load_schema())
+
+
 def load_text(
     text: str,
     *,
@@ -266,7 +274,7 @@ def load_text(
     problems: list[Problem] = []
     _interpolate_tree(tree, env, file, [], problems, tree)
     data = _plain(tree)
-    validator = jsonschema.Draft202012Validator(load_schema())
+    validator = _validator()
     for err in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
         if err.validator in ("allOf", "if", "then"):
             continue
@@ -304,7 +312,10 @@ def load_text(
         # transformer_options the schema refused: nothing more can be said about them
     ports: dict[int, str] = {}
     for name, ch in channels.items():
-        if ch.type == "mllp" and ch.enabled and ch.port:
+        # A port the schema refused (`port: {$PORT}`, a typo of `${PORT}`, is a YAML flow
+        # mapping) is already reported with its line; only whole numbers can clash.
+        if (ch.type == "mllp" and ch.enabled and isinstance(ch.port, int)
+                and not isinstance(ch.port, bool) and ch.port):
             if ch.port in ports:
                 problems.append(Problem(file, *_position(tree, ["channels", name, "port"]),
                                         f"channels {ports[ch.port]!r} and {name!r} both listen "

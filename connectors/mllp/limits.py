@@ -14,7 +14,9 @@ up to the frame limit). These objects are the bounds, shared by every listener o
   bytes held in unfinished frames over all connections. A frame that would take the budget
   over is cut to its head (as an oversized frame is) and answered AR when it ends: the
   sender learns it was refused, the head is stored for the operator, and memory stays
-  bounded whatever the number of connections.
+  bounded whatever the number of connections. Frames already decoded but waiting behind
+  backpressure (a connection owes `max_in_flight` replies) hold their bytes too, and are
+  counted in the same budget until they are handed to the handler.
 - `LogOncePerSecond`: refusals are logged at most once a second per reason, with a count of
   what was suppressed — never a line (or a traceback) per refused connection.
 """
@@ -96,6 +98,12 @@ class SharedLimits:
             return False
         self.pending += n
         return True
+
+    def hold_bytes(self, n: int) -> None:
+        """Count `n` bytes that are already in memory and can no longer be refused: frames
+        decoded but held back by backpressure. They take the budget without a check, so
+        that the next unfinished frames anywhere are the ones cut while these wait."""
+        self.pending += n
 
     def release_bytes(self, n: int) -> None:
         self.pending -= n

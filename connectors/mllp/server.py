@@ -26,7 +26,7 @@ import asyncio
 import logging
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -277,7 +277,8 @@ class _Connection(asyncio.Protocol):
         self._decoder = FrameDecoder(server.max_frame_bytes)
         self._owed: deque[Any] = deque()  # awaitables and _Unsolicited, in write order
         self._waiting: Any = None  # the head awaitable we hold a done-callback on
-        self._backlog: deque[FrameEvent] = deque()  # decoded, not dispatched (backpressure)
+        # Decoded, not dispatched (backpressure); its bytes count in the shared budget.
+        self._backlog = _Backlog(server.shared)
         self._in_flight = 0
         self._admitted = False
         self._reading = True  # we want data (not paused for backpressure or shutdown)
@@ -858,6 +859,66 @@ class _Ended:
 
 # Events that become a handler call (and an owed reply); junk does not.
 _NEEDS_SLOT = (Frame, Oversized, Truncated, _Ended)
+
+
+def _held_bytes(event: Any) -> int:
+    """The bytes a decoded event keeps in memory until it is dispatched."""
+    if type(event) is Frame:
+        return len(event.payload)
+    if isinstance(event, _Ended):
+        event = event.event
+    if isinstance(event, Oversized | Truncated):
+        return len(event.head)
+    return 0  # Junk keeps only its size
+
+
+class _Backlog:
+    """Events a connection decoded but cannot dispatch yet (it owes `max_in_flight`
+    replies), with their bytes counted in the process's unfinished-frame budget.
+
+    A frame that completes leaves the decoder, so its bytes leave the decoder's share of
+    the budget; when backpressure then keeps it here, the memory is still held. Without
+    counting it, every connection under backpressure could hold a frame of up to the frame
+    limit outside any budget.
+    """
+
+    __slots__ = ("_events", "_shared", "bytes")
+
+    def __init__(self, shared: SharedLimits | None) -> None:
+        self._events: deque[Any] = deque()
+        self._shared = shared
+        self.bytes = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._events)
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def __getitem__(self, i: int) -> Any:
+        return self._events[i]
+
+    def extend(self, events: Iterable[Any]) -> None:
+        for event in events:
+            n = _held_bytes(event)
+            self._events.append(event)
+            self.bytes += n
+            if self._shared is not None:
+                self._shared.hold_bytes(n)
+
+    def popleft(self) -> Any:
+        event = self._events.popleft()
+        n = _held_bytes(event)
+        self.bytes -= n
+        if self._shared is not None:
+            self._shared.release_bytes(n)
+        return event
+
+    def clear(self) -> None:
+        if self._shared is not None and self.bytes:
+            self._shared.release_bytes(self.bytes)
+        self.bytes = 0
+        self._events.clear()
 
 _ACCEPT_OUT_OF_RESOURCE = "socket.accept() out of system resource"
 

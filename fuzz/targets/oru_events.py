@@ -33,4 +33,5 @@ def target(data: bytes) -> None:
         check(isinstance(json.loads(body), dict | list), "events are not JSON")
 
 
-HARNESS = Harness("oru_events", target, (EventError,), seeds.oru_messages, max_len=16 * 1024)
+# 4 KiB holds an MSH, a PID and a dozen OBX (see oru_crbio): longer inputs repeat paths.
+HARNESS = Harness("oru_events", target, (EventError,), seeds.oru_messages, max_len=4096)

@@ -194,6 +194,42 @@ async def test_a_peer_still_writing_after_its_answer_reads_it_without_a_reset() 
         b.close()
 
 
+async def test_frames_held_back_by_backpressure_count_in_the_budget() -> None:
+    """A frame that completes while its connection owes max_in_flight replies waits in the
+    listener's backlog: it left the decoder but is still in memory, so it keeps its bytes
+    in the unfinished-frame budget, and another connection's frame is cut meanwhile."""
+    shared = SharedLimits(pending_frame_bytes=1024 * 1024)
+    cuts = Cuts()
+    release = asyncio.Event()
+
+    async def slow(payload: bytes, peer: Peer) -> bytes:
+        await release.wait()
+        return b"MSH|^~\\&|P|Y|LAB|X|20260101||ACK|A1|P|2.5\rMSA|AA|C1\r"
+
+    async with serving(slow, on_cut=cuts, shared=shared, max_in_flight=1) as server:
+        a_reader, a = await open_raw(server)
+        a.write(b"\x0b" + MSH + b"\x1c\r")  # in flight: the handler waits
+        a.write(b"\x0b" + MSH + b"x" * 700_000 + b"\x1c\r")  # complete, held back
+        await a.drain()
+        await until(lambda: server.stats.bytes_received >= 700_000 + 2 * len(MSH))
+        await asyncio.sleep(0.1)
+        assert server.stats.frames_received == 1  # the second one was not dispatched
+        assert shared.pending >= 700_000
+        b_reader, b = await open_raw(server)
+        b.write(b"\x0b" + MSH + b"y" * 500_000)  # would take the budget over: cut
+        await b.drain()
+        await until(lambda: shared.frames_cut == 1)
+        assert shared.pending <= 1024 * 1024
+        release.set()
+        assert len(await read_frames(a_reader, 2)) == 2  # the held frame is processed
+        b.write(b"\x1c\r")
+        assert b"MSA|AR" in (await read_frames(b_reader, 1))[0]
+        assert cuts.seen[0][0] == "over_budget"
+        await until(lambda: shared.pending == 0)
+        a.close()
+        b.close()
+
+
 def test_decoder_cut_keeps_the_head_and_reports_it() -> None:
     d = FrameDecoder(max_frame_bytes=1_000_000)
     assert d.feed(b"\x0b" + MSH + b"z" * 200_000) == []

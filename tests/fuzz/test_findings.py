@@ -90,3 +90,15 @@ def test_a_key_ruamel_cannot_hash_is_a_problem_not_a_traceback() -> None:
     with pytest.raises(ConfigError) as err:
         load_text(path.read_text(errors="replace"), env={"PARCOURS_TEST": "1"})
     assert "mapping key" in str(err.value)
+
+
+def test_a_port_written_as_a_mapping_is_a_located_problem_not_a_traceback() -> None:
+    """The fuzzer's input had `port: {$PARCOURS_MLLP_PORT:-2575}` (a typo of `${…}`: a YAML
+    flow mapping); the duplicate-port check hashed it and `routes check` showed a
+    TypeError."""
+    text = ("version: 1\nchannels:\n  main: {type: mllp, port: {$PORT:-2575}}\n"
+            "  other: {type: mllp, port: {$PORT:-2575}}\n"
+            "destinations: {}\nroutes: []\n")
+    with pytest.raises(ConfigError) as err:
+        load_text(text, env={})
+    assert any(p.line == 3 and "port" in p.message for p in err.value.problems)
