@@ -37,13 +37,7 @@ def record(conn: Connection, message_id: int, entries: Iterable[dict[str, Any]])
         row = conn.execute(select(mapping_backlog.c.id, mapping_backlog.c.status)
                            .where(where)).first()
         if row is None:
-            backlog_id = conn.execute(insert(mapping_backlog).returning(mapping_backlog.c.id), {
-                "sender": key[0], "performing_lab": key[1], "code": key[2],
-                "coding_system": key[3], "text": (e.get("text") or "")[:512],
-                "unit": (e.get("unit") or "")[:64], "reason": (e.get("reason") or "")[:64],
-                "example_value": (e.get("example_value") or "")[:255], "count": 1,
-                "first_seen": now, "last_seen": now, "status": OPEN, "loinc": None,
-            }).scalar_one()
+            backlog_id = _insert_entry(conn, key, e, now)
             new += 1
         else:
             backlog_id = row.id
@@ -111,13 +105,7 @@ def record_many(conn: Connection, seen: list[tuple[int, list[dict[str, Any]]]]) 
     for key, message_id in pairs:
         if key not in ids:
             e = first[key]
-            ids[key] = conn.execute(insert(mapping_backlog).returning(mapping_backlog.c.id), {
-                "sender": key[0], "performing_lab": key[1], "code": key[2],
-                "coding_system": key[3], "text": (e.get("text") or "")[:512],
-                "unit": (e.get("unit") or "")[:64], "reason": (e.get("reason") or "")[:64],
-                "example_value": (e.get("example_value") or "")[:255], "count": 1,
-                "first_seen": now, "last_seen": now, "status": OPEN, "loinc": None,
-            }).scalar_one()
+            ids[key] = _insert_entry(conn, key, e, now)
             new += 1
         elif (ids[key], message_id) in linked:
             continue  # a replay of the same message: counted once
@@ -186,3 +174,14 @@ def accept(store: Store, mapping_dir: Path, sender: str, code: str, loinc: str, 
                           catalogue=load_catalogue())
     message_ids = mark_mapped(store, [e["id"] for e in entries], loinc) if entries else []
     return path, message_ids
+
+
+def _insert_entry(conn: Any, key: tuple[str, str, str, str], e: dict[str, Any], now: Any) -> int:
+    """A new open backlog row for (sender, performing lab, code, coding system); its id."""
+    return int(conn.execute(insert(mapping_backlog).returning(mapping_backlog.c.id), {
+        "sender": key[0], "performing_lab": key[1], "code": key[2],
+        "coding_system": key[3], "text": (e.get("text") or "")[:512],
+        "unit": (e.get("unit") or "")[:64], "reason": (e.get("reason") or "")[:64],
+        "example_value": (e.get("example_value") or "")[:255], "count": 1,
+        "first_seen": now, "last_seen": now, "status": OPEN, "loinc": None,
+    }).scalar_one())
