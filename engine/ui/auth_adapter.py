@@ -10,8 +10,9 @@ audit log. Nothing here decides access on its own.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -102,7 +103,8 @@ def _patient_ids(engine: EngineView, keys: list[str]) -> list[int]:
 
 
 def audit_many(engine: EngineView, session: Session, patient_keys: list[str], what: str,
-               remote: str, detail: dict[str, Any] | None = None) -> None:
+               remote: str, detail: dict[str, Any] | None = None,
+               outcome: str = "allowed") -> None:
     """An operator page showed message data of these patients: one audit row per patient
     known to the timeline; the intake keys are kept in the detail (some messages name
     patients the timeline never saw)."""
@@ -110,7 +112,30 @@ def audit_many(engine: EngineView, session: Session, patient_keys: list[str], wh
 
     ids = _patient_ids(engine, patient_keys) if patient_keys else []
     audit.record(_timeline(engine).db, principal(session), what, patient_ids=ids or None,
-                 remote=remote, detail={**(detail or {}), "patient_keys": patient_keys})
+                 remote=remote, outcome=outcome,
+                 detail={**(detail or {}), "patient_keys": patient_keys})
+
+
+def break_glass_open(engine: EngineView, username: str, message_id: int, action: str,
+                    seconds: float) -> bool:
+    """Did this user break the glass on this message within `seconds`? The audit row of the
+    act is the grant (append-only), so a grant survives a restart and every engine process
+    serving the UI agrees: there is no second record that could say otherwise."""
+    from engine.timeline.models import audit_log
+
+    since = datetime.now(UTC) - timedelta(seconds=seconds)
+    with _timeline(engine).db.connect() as conn:
+        details = conn.execute(select(audit_log.c.detail).where(
+            audit_log.c.at >= since, audit_log.c.actor == username,
+            audit_log.c.action == action, audit_log.c.outcome == "break_glass")).scalars()
+        return any(_names_message(d, message_id) for d in details)
+
+
+def _names_message(detail: str | None, message_id: int) -> bool:
+    try:
+        return json.loads(detail or "{}").get("message_id") == message_id
+    except (ValueError, AttributeError):
+        return False
 
 
 def audit_patients(engine: EngineView, session: Session, patient_ids: list[int], what: str,

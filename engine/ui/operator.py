@@ -19,7 +19,13 @@ from engine.store.ids import StoreId, parse_store_id
 from engine.ui import auth_adapter, dashboard
 from engine.ui import messages as msgs
 from engine.ui.hl7_tree import try_parse_tree
-from engine.ui.redaction import MIN_REASON_CHARS, BreakGlass, redacted_view, sensitivity
+from engine.ui.redaction import (
+    BREAK_GLASS_SECONDS,
+    GRANT_ACTION,
+    MIN_REASON_CHARS,
+    redacted_view,
+    sensitivity,
+)
 from engine.ui.web import UI, redirect, remote_of
 
 log = logging.getLogger("parcours.ui")
@@ -64,7 +70,6 @@ def _notice(request: Request) -> tuple[str, str] | None:
 def build_router(ui: UI) -> APIRouter:
     router = APIRouter()
     engine = ui.engine
-    glass = BreakGlass()
 
     # -- dashboard --------------------------------------------------------------------------
 
@@ -156,7 +161,9 @@ def build_router(ui: UI) -> APIRouter:
         # Issue #17: masked / confidentiality-V content only after an audited break-glass.
         withheld = await asyncio.to_thread(sensitivity, bytes(row.get("raw") or b""),
                                            row.get("message_type"))
-        glass_open = bool(withheld) and glass.is_open(s.username, message_id)
+        glass_open = bool(withheld) and await asyncio.to_thread(
+            auth_adapter.break_glass_open, engine, s.username, message_id, GRANT_ACTION,
+            BREAK_GLASS_SECONDS)
         if withheld and not glass_open:
             view = redacted_view(withheld)
             raw, tree, tree_error = view["raw"], view["tree"], view["tree_error"]
@@ -185,11 +192,12 @@ def build_router(ui: UI) -> APIRouter:
                              "message": f"No message {message_id}."}, status=404, session=s)
         if len(reason) < MIN_REASON_CHARS:
             return redirect(f"/ui/messages/{message_id}?done=glass-refused")
-        glass.open(s.username, message_id)
+        # The audit row is the grant (BreakGlass reads it back).
         await asyncio.to_thread(auth_adapter.audit_many, engine, s,
                                 [row["patient_key"]] if row["patient_key"] else [],
-                                "ui.break_glass", remote_of(request),
-                                {"message_id": message_id, "reason": reason})
+                                GRANT_ACTION, remote_of(request),
+                                {"message_id": message_id, "reason": reason},
+                                outcome="break_glass")
         log.warning("operator broke the glass on a withheld message",
                     extra={"message_id": message_id, "user": s.username})
         return redirect(f"/ui/messages/{message_id}?done=glass-broken")

@@ -11,7 +11,6 @@ short time.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from safexml import UnsafeXML, parse
@@ -19,6 +18,8 @@ from transformers.cda.embedded import NoEmbeddedDocument, document_from_hl7
 from transformers.cda.header import NotCDA, read_header
 
 BREAK_GLASS_SECONDS = 15 * 60
+# The audit row of a break-glass is its grant (auth_adapter.break_glass_open reads it back).
+GRANT_ACTION = "ui.break_glass"
 MIN_REASON_CHARS = 10
 # Types that can carry a CDA in OBX-5 (CI-SIS "Transmission de documents CDA en HL7 v2").
 _DOCUMENT_CARRIERS = ("MDM", "ORU")
@@ -44,25 +45,6 @@ def sensitivity(raw: bytes, message_type: str | None) -> list[str]:
         except (UnsafeXML, NotCDA):
             pass
     return reasons
-
-
-class BreakGlass:
-    """Open break-glass grants: (user, message id) → expiry, in this process."""
-
-    def __init__(self) -> None:
-        self._open: dict[tuple[str, int], float] = {}
-
-    def open(self, username: str, message_id: int) -> None:
-        self._open[(username, message_id)] = time.monotonic() + BREAK_GLASS_SECONDS
-
-    def is_open(self, username: str, message_id: int) -> bool:
-        until = self._open.get((username, message_id))
-        if until is None:
-            return False
-        if until < time.monotonic():
-            del self._open[(username, message_id)]
-            return False
-        return True
 
 
 def redacted_view(reasons: list[str]) -> dict[str, Any]:

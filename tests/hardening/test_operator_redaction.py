@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from engine.timeline.models import audit_log
+from engine.ui.redaction import GRANT_ACTION
 from tests.conftest import corpus
 from tests.hardening.test_hostile_xml import CDA, mdm_carrying
 from tests.ui import conftest as ui_conftest
@@ -94,6 +96,12 @@ async def test_withheld_until_break_glass_and_the_break_is_audited(ui_engine: An
         very = await c.get(f"/ui/messages/{await message_id(eng, 'VERY-1')}")
         assert "content withheld" in very.text
 
+    # A grant older than BREAK_GLASS_SECONDS is closed: ops-2's, written 16 minutes ago.
+    with eng.engine.timeline.db.begin() as conn:
+        conn.execute(insert(audit_log).values(
+            at=datetime.now(UTC) - timedelta(minutes=16), actor="ops-2", role="operator",
+            action=GRANT_ACTION, outcome="break_glass", remote="127.0.0.1",
+            detail=json.dumps({"message_id": mid, "reason": "an old ticket, expired"})))
     async with httpx.AsyncClient(base_url=base, timeout=30) as c2:  # another operator
         await login(c2, other)
         page = await c2.get(f"/ui/messages/{mid}")
@@ -102,9 +110,42 @@ async def test_withheld_until_break_glass_and_the_break_is_audited(ui_engine: An
     with eng.store.engine.connect() as conn:
         rows = [dict(r) for r in conn.execute(select(audit_log).where(
             audit_log.c.action == "ui.break_glass")).mappings()]
-    assert len(rows) == 1 and rows[0]["actor"] == "ops-1"
+    assert len(rows) == 2 and rows[0]["actor"] == "ops-1"
+    assert rows[0]["outcome"] == "break_glass"
     detail = json.loads(rows[0]["detail"])
     assert detail["message_id"] == mid and detail["reason"].startswith("ticket INC-42")
+
+
+async def test_a_break_glass_grant_is_read_from_the_audit_log_not_kept_in_memory(
+        ui_engine: Any) -> None:
+    """The grant survives a restart of the UI (and holds in every engine process): a new
+    app over the same store, with nothing carried over, still shows the content."""
+    from engine.ui import auth_adapter
+
+    eng = ui_engine
+    assert b"MSA|AA" in await eng.send(masked_mdm("MASKED-R"))
+    ops = create_account(eng.engine, "ops-r", "operator")
+    mid = await message_id(eng, "MASKED-R")
+    assert not auth_adapter.break_glass_open(eng.engine, "ops-r", mid, GRANT_ACTION, 900)
+    base = f"http://127.0.0.1:{http_port(eng)}"
+    async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+        await login(c, ops)
+        csrf = csrf_of((await c.get(f"/ui/messages/{mid}")).text)
+        r = await c.post(f"/ui/messages/{mid}/break-glass",
+                         data={"csrf": csrf, "reason": "ticket INC-43: resend check"})
+        assert r.status_code == 303
+    assert auth_adapter.break_glass_open(eng.engine, "ops-r", mid, GRANT_ACTION, 900)
+    assert not auth_adapter.break_glass_open(eng.engine, "ops-r", mid + 1, GRANT_ACTION, 900)
+    assert not auth_adapter.break_glass_open(eng.engine, "ops-x", mid, GRANT_ACTION, 900)
+
+    from engine.api.http import create_app
+
+    fresh = httpx.ASGITransport(app=create_app(eng.engine))
+    async with httpx.AsyncClient(transport=fresh, base_url="http://127.0.0.1") as c:
+        await login(c, ops)
+        page = await c.get(f"/ui/messages/{mid}")
+        assert page.status_code == 200
+        assert "PAT-TROIS" in page.text and "content withheld" not in page.text
 
 
 def test_sensitivity_reads_masking_and_confidentiality() -> None:
