@@ -114,8 +114,12 @@ class Engine:
 
             from engine.delivery.worker import WorkerLink
 
-            self.worker = WorkerLink(worker_argv, worker_env or dict(os.environ),
-                                     self._worker_stats, self._send_application_acks)
+            # The worker's own SQLite connections commit with synchronous=NORMAL unless told
+            # otherwise; engine/store/wal_sync.py bounds what that can lose.
+            env = {**(worker_env or dict(os.environ)),
+                   "PARCOURS_SQLITE_SYNCHRONOUS": settings.worker_synchronous}
+            self.worker = WorkerLink(worker_argv, env, self._worker_stats,
+                                     self._send_application_acks, nice=settings.worker_nice)
             self.bus = self.worker  # this process owns no partition: notices go there
         self.runner.leases = self.leases
         self.runner.notify = self.notify_partition
@@ -197,6 +201,20 @@ class Engine:
             except TimeoutError:
                 pass
 
+    async def _sync_wal_forever(self) -> None:
+        from engine.store.wal_sync import WalSync
+
+        wal = WalSync(str(self.store.engine.url.database))
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), 1.0)
+            except TimeoutError:
+                pass
+            try:
+                await asyncio.to_thread(wal.sync)
+            except OSError as exc:
+                log.error("cannot fsync the WAL", extra={"error": exc.strerror})
+
     async def start(self, *, http: bool = True, route: bool = True) -> None:
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.store.migrate)
@@ -212,6 +230,9 @@ class Engine:
             IntakeLink(on_wake=self._wake.set, on_notify=self.notify_partition,
                        on_reload=self.reload, on_gone=self._stop.set).start(self._loop)
             self._tasks.append(asyncio.create_task(self._report_forever(), name="report"))
+            if self.store.dialect == "sqlite" and self.settings.worker_synchronous == "NORMAL":
+                self._tasks.append(asyncio.create_task(self._sync_wal_forever(),
+                                                       name="wal-sync"))
             http = False
         if route:
             self._build_destinations(self.config)

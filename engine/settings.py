@@ -24,6 +24,11 @@ class Settings:
     partitions: int = 8
     sweep_interval: float = 2.0
     lease_seconds: float = 3.0
+    # The worker process (engine/delivery/worker.py) yields the CPU to the listener: a sender
+    # waits for its ACK, nobody waits for a delivery a millisecond sooner.
+    worker_nice: int = 10
+    # NORMAL: the worker's commits are fsynced together once a second (engine/store/wal_sync.py).
+    worker_synchronous: str = "NORMAL"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -44,6 +49,9 @@ class Settings:
             "sweep_interval": float(e.get("PARCOURS_SWEEP_INTERVAL", "2.0")),
             # A partition's lease: a killed process's partitions are taken over after it.
             "lease_seconds": float(e.get("PARCOURS_LEASE_SECONDS", "3.0")),
+            "worker_nice": int(e.get("PARCOURS_WORKER_NICE", "10")),
+            "worker_synchronous": "FULL" if e.get(
+                "PARCOURS_WORKER_SQLITE_SYNCHRONOUS", "NORMAL").upper() == "FULL" else "NORMAL",
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ molar mass (``loinc.canonical``); anything else that does not share a dimension 
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import unicodedata
@@ -175,8 +176,9 @@ class UnitError(ValueError):
     """A unit that cannot be read, or a conversion that would need a guess.
 
     ``reason`` is machine-readable: ``unknown_unit``, ``incompatible_units``,
-    ``no_molar_mass`` or ``no_declared_conversion`` (the units are related by an equation or an
-    offset, not a ratio, and no equation is declared in ``data/equations.csv``).
+    ``no_molar_mass``, ``unit_out_of_range`` (a factor beyond a float) or
+    ``no_declared_conversion`` (the units are related by an equation or an offset, not a
+    ratio, and no equation is declared in ``data/equations.csv``).
     """
 
     def __init__(self, reason: str, message: str) -> None:
@@ -323,15 +325,26 @@ def conversion_factor(source: str, target: str, molar_mass: float | None = None)
     src = _pint_unit(source)
     dst = _pint_unit(target)
     if src_family == dst_family:
-        return _round_factor(float(src.to(dst).magnitude))
-    if {src_family, dst_family} == MOLAR_FAMILIES:
+        quantity = src
+    elif {src_family, dst_family} == MOLAR_FAMILIES:
         if not molar_mass:
             raise UnitError("no_molar_mass", f"{source} → {target} needs a molar mass")
         # ucumvert builds its quantities in its own registry: make the molar mass there too.
         molar = src._REGISTRY.Quantity(molar_mass, "g/mol")
         quantity = src / molar if src_family == "mass_conc" else src * molar
-        return _round_factor(float(quantity.to(dst).magnitude))
-    raise UnitError("incompatible_units", f"{source} ({src_family}) is not {target} ({dst_family})")
+    else:
+        raise UnitError("incompatible_units",
+                        f"{source} ({src_family}) is not {target} ({dst_family})")
+    # A well-formed UCUM unit can still be absurd ("10*330/L", found by fuzzing): its factor
+    # overflows a float, or underflows to 0 — which would turn every value into 0. Such a
+    # value is kept as received, with a reason; it is not a crash and not a wrong number.
+    try:
+        factor = float(quantity.to(dst).magnitude)
+    except (OverflowError, ZeroDivisionError) as exc:
+        raise UnitError("unit_out_of_range", f"{source} → {target}: {exc}") from None
+    if factor == 0 or not math.isfinite(factor):
+        raise UnitError("unit_out_of_range", f"{source} → {target}: factor {factor}")
+    return _round_factor(factor)
 
 
 def unit_matches_property(ucum: str, prop: str) -> bool:

@@ -42,13 +42,22 @@ log = logging.getLogger("parcours.worker")
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL it when the intake process dies."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the worker still stops when its stdin closes
+def _child_setup(nice: int) -> Callable[[], None]:
+    def setup() -> None:
+        """Runs in the child before exec: SIGKILL it when the intake process dies, and give
+        the listener the CPU first (a lower priority only matters when both want a core)."""
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # not Linux: the worker still stops when its stdin closes
+        if nice:
+            try:
+                os.nice(nice)
+            except OSError:
+                pass  # the worker runs, at the same priority
+
+    return setup
 
 
 def encode_app_acks(requests: list[dict[str, Any]]) -> str:
@@ -76,8 +85,10 @@ class WorkerLink:
 
     def __init__(self, argv: list[str], env: dict[str, str],
                  on_stats: Callable[[dict[str, Any]], None],
-                 on_app_acks: Callable[[list[dict[str, Any]]], Any]) -> None:
+                 on_app_acks: Callable[[list[dict[str, Any]]], Any], *,
+                 nice: int = 0) -> None:
         self.argv = argv
+        self.nice = nice
         self.env = env
         self._on_stats = on_stats
         self._on_app_acks = on_app_acks
@@ -103,7 +114,7 @@ class WorkerLink:
         while not self._stopping:
             self._proc = await asyncio.create_subprocess_exec(
                 *self.argv, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                preexec_fn=_die_with_parent, limit=STATS_LINE_LIMIT)
+                preexec_fn=_child_setup(self.nice), limit=STATS_LINE_LIMIT)
             self.connected = True
             log.info("worker started", extra={"pid": self._proc.pid})
             self._send("wake")  # whatever the store holds already

@@ -88,6 +88,10 @@ def test_reference_conversions(
         ("g/L", "mmol/L", None, "no_molar_mass"),
         ("meq/L", "mmol/L", None, "incompatible_units"),  # needs the charge: never guessed
         ("s", "g/L", None, "incompatible_units"),
+        # Well-formed UCUM whose factor does not fit a float (found by fuzzing: pint raised
+        # OverflowError through the lab transformers).
+        ("10*330/L", "10*12/L", None, "unit_out_of_range"),
+        ("10*12/L", "10*400/L", None, "unit_out_of_range"),
     ],
 )
 def test_impossible_conversions_are_reported(

@@ -63,6 +63,9 @@ async def test_routing_runs_in_a_worker_and_the_sender_still_gets_its_acks(tmp_p
     try:
         workers = psutil.Process(proc.pid).children()
         assert len(workers) == 1 and "work" in workers[0].cmdline()
+        # The listener gets the CPU first; the worker's commits are fsynced once a second.
+        assert workers[0].nice() == min(19, psutil.Process(proc.pid).nice() + 10)
+        assert workers[0].environ()["PARCOURS_SQLITE_SYNCHRONOUS"] == "NORMAL"
         # Enhanced mode: the commit ACK from the intake process, then the application ACK,
         # decided by the worker after routing, pushed on the same connection.
         frames = await _exchange(proc.mllp_port, [
