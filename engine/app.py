@@ -163,7 +163,8 @@ class Engine:
     def metrics_ownership(self) -> Ownership:
         """Partitions this engine delivers: its worker's when it has one."""
         if self.worker is not None:
-            return Ownership(*self._worker_ownership)
+            return Ownership(*self._worker_ownership, self.worker.restarts,
+                             self.worker.recycles)
         return Ownership(len(self.leases.owned()), self.leases.fenced_outcomes)
 
     def _worker_stats(self, stats: dict[str, Any]) -> None:
@@ -192,10 +193,21 @@ class Engine:
             "histograms": self.metrics.delivery_samples()}})
 
     async def _report_forever(self) -> None:
-        from engine.delivery.worker import IntakeLink
+        from engine.delivery.worker import IntakeLink, recycle_line, resident_mib
 
+        limit = self.settings.worker_max_rss_mb
         while not self._stop.is_set():
             IntakeLink.write(self._stats_line())
+            # Recycle only a worker that has done work since it started: a fresh one above
+            # the limit (set too low) would otherwise be replaced every second for nothing.
+            worked = self.router.routed > 0 or any(
+                st.delivered or st.retried or st.dead for st in self.runner.stats.values())
+            if limit and worked and (rss := resident_mib()) > limit:
+                log.warning("worker above its memory limit: finishing and handing over to a "
+                            "fresh one", extra={"rss_mib": round(rss), "limit_mib": limit})
+                IntakeLink.write(recycle_line(rss, limit))
+                self._stop.set()
+                return
             try:
                 await asyncio.wait_for(self._stop.wait(), 1.0)
             except TimeoutError:

@@ -29,6 +29,10 @@ class Settings:
     worker_nice: int = 10
     # NORMAL: the worker's commits are fsynced together once a second (engine/store/wal_sync.py).
     worker_synchronous: str = "NORMAL"
+    # A worker whose resident memory passed this (MiB) finishes what it has in flight and is
+    # replaced by a fresh one (0: never). The bound on what no cache of ours controls:
+    # libxml2's per-thread name dictionary, the C allocator's arenas.
+    worker_max_rss_mb: int = 1024
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -50,6 +54,7 @@ class Settings:
             # A partition's lease: a killed process's partitions are taken over after it.
             "lease_seconds": float(e.get("PARCOURS_LEASE_SECONDS", "3.0")),
             "worker_nice": int(e.get("PARCOURS_WORKER_NICE", "10")),
+            "worker_max_rss_mb": int(e.get("PARCOURS_WORKER_MAX_RSS_MB", "1024")),
             "worker_synchronous": "FULL" if e.get(
                 "PARCOURS_WORKER_SQLITE_SYNCHRONOUS", "NORMAL").upper() == "FULL" else "NORMAL",
         }

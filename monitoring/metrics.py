@@ -142,6 +142,10 @@ class Ownership:
 
     partitions_owned: int = 0
     fenced_outcomes: int = 0
+    # The embedded default's worker process: started again after it died, and replaced
+    # after it reached its memory limit (PARCOURS_WORKER_MAX_RSS_MB).
+    worker_restarts: int = 0
+    worker_recycles: int = 0
 
 
 class _OwnershipCollector:
@@ -158,7 +162,15 @@ class _OwnershipCollector:
             "Delivery outcomes refused because the partition's lease had moved to another "
             "process (a stale owner's writes).")
         fenced.add_metric([], o.fenced_outcomes)
-        yield from (owned, fenced)
+        restarts = CounterMetricFamily(
+            "parcours_worker_restarts", "Worker processes started again after one exited "
+            "unasked (a crash, a kill).")
+        restarts.add_metric([], o.worker_restarts)
+        recycles = CounterMetricFamily(
+            "parcours_worker_recycles", "Worker processes replaced after reaching their "
+            "memory limit (PARCOURS_WORKER_MAX_RSS_MB); nothing failed.")
+        recycles.add_metric([], o.worker_recycles)
+        yield from (owned, fenced, restarts, recycles)
 
 
 Samples = list[tuple[str, dict[str, str], float]]  # (series name, labels, value)

@@ -178,3 +178,12 @@ def test_route_cpu_bench_reports_every_stage() -> None:
     assert {"router", "transformer:normalise_lab", "transformer:oru_events", "recorder",
             "destination:archive", "destination:lab-normalised", "destination:events",
             "total"} <= stages
+
+
+def test_file_floor_bench_runs_every_variant(tmp_path: Path) -> None:
+    out = run("bench/file_floor.py", "--files", "64", "--dir", str(tmp_path))
+    rows = [line.split(" |")[0] for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("| variant")]
+    assert rows == ["| destination (channels/outbound/file.py)", "| fsync each", "| syncfs",
+                    "| no sync"]
+    assert list(tmp_path.iterdir()) == []  # it cleans up after itself

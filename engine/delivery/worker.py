@@ -74,6 +74,20 @@ def decode_app_acks(data: list[dict[str, Any]]) -> list[dict[str, Any]]:
 STATS_LINE_LIMIT = 4 * 1024 * 1024
 
 
+def resident_mib() -> float:
+    """This process's resident memory now (Linux /proc; 0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+
+
+def recycle_line(rss_mib: float, limit_mib: int) -> str:
+    return json.dumps({"recycle": {"rss_mib": round(rss_mib), "limit_mib": limit_mib}})
+
+
 class WorkerLink:
     """The intake process's side: starts the worker, keeps it running, talks to it.
 
@@ -98,6 +112,10 @@ class WorkerLink:
         self._stopping = False
         self.connected = False
         self.restarts = 0
+        # Replacements asked for by the worker itself (above PARCOURS_WORKER_MAX_RSS_MB),
+        # not counted as restarts: nothing failed.
+        self.recycles = 0
+        self._recycling = False
         self.published = 0
         self.consumed = 0
         self.publish_failures = 0
@@ -123,6 +141,13 @@ class WorkerLink:
             self.connected = False
             if self._stopping:
                 return
+            if self._recycling and code == 0:
+                self._recycling = False
+                self.recycles += 1
+                log.info("worker replaced after reaching its memory limit",
+                         extra={"recycles": self.recycles})
+                continue
+            self._recycling = False
             self.restarts += 1
             log.error("worker exited; starting another", extra={"code": code})
             await asyncio.sleep(1.0)
@@ -142,6 +167,8 @@ class WorkerLink:
                 continue
             if "stats" in msg:
                 self._on_stats(msg["stats"])
+            if "recycle" in msg:
+                self._recycling = True
             if msg.get("app_acks"):
                 try:
                     await self._on_app_acks(decode_app_acks(msg["app_acks"]))

@@ -78,6 +78,7 @@ class EngineProcess:
         self.log = base / "engine.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.env: dict[str, str] = {}  # PARCOURS_* settings a test adds
 
     @property
     def pid(self) -> int:
@@ -87,6 +88,7 @@ class EngineProcess:
     def start(self, timeout: float = 60.0) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PARCOURS_")}
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.env)
         cmd = [
             sys.executable, "-c", "from engine.cli.main import main; main()", "serve",
             "--home", str(self.home), "--host", "127.0.0.1",

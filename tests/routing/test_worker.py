@@ -20,8 +20,9 @@ from tests.routing.test_delivery_e2e import routes
 from transformers.hl7.ack import read_ack
 
 
-def _serve(tmp_path: Path, out: Path) -> EngineProcess:
+def _serve(tmp_path: Path, out: Path, env: dict[str, str] | None = None) -> EngineProcess:
     proc = EngineProcess(tmp_path)
+    proc.env.update(env or {})
     proc.routes.write_text(routes(out, port=proc.mllp_port))
     proc.start()
     return proc
@@ -138,5 +139,42 @@ async def test_a_killed_engine_takes_its_worker_with_it(tmp_path: Path) -> None:
         frames = await _exchange(proc.mllp_port, [msg("K-1").encode()], frames=1)
         assert read_ack(frames[0])[0] == "AA"
         _wait(lambda: len(list((tmp_path / "out").glob("*.hl7"))) == 1)
+    finally:
+        proc.stop()
+
+
+async def test_a_worker_over_its_memory_limit_is_replaced_and_nothing_is_lost(
+        tmp_path: Path) -> None:
+    """PARCOURS_WORKER_MAX_RSS_MB: a worker that has done work and is above the limit (1 MiB
+    here: always) finishes what it has in flight and exits; the intake process starts a
+    fresh one at once. Every message is delivered exactly once across the replacements."""
+    out = tmp_path / "out"
+    proc = _serve(tmp_path, out, {"PARCOURS_WORKER_MAX_RSS_MB": "1"})
+    try:
+        first = psutil.Process(proc.pid).children()[0].pid
+        for batch in range(3):
+            frames = await _exchange(proc.mllp_port, [
+                msg(f"M-{batch}-{i}").encode() for i in range(4)], frames=4)
+            assert [read_ack(f)[0] for f in frames] == ["AA"] * 4
+
+            def delivered(n: int = 4 * (batch + 1)) -> bool:
+                """every message so far in a file, once"""
+                return len(list(out.glob("*.hl7"))) == n
+
+            _wait(delivered)
+
+        def recycled() -> bool:
+            """a recycle counted on /metrics, and no restart"""
+            text = _metrics(proc)
+            return "parcours_worker_recycles_total 0.0" not in text \
+                and "parcours_worker_recycles_total" in text
+        _wait(recycled, 20)
+        text = _metrics(proc)
+        assert "parcours_worker_restarts_total 0.0" in text
+        _wait(lambda: bool(psutil.Process(proc.pid).children()), 10)
+        assert psutil.Process(proc.pid).children()[0].pid != first
+        assert "worker above its memory limit" in proc.log.read_text()
+        assert len(list((out / "json").glob("*.json"))) == 12
+        assert "worker exited; starting another" not in proc.log.read_text()
     finally:
         proc.stop()
