@@ -263,6 +263,11 @@ def load_text(
         char = exc.character if isinstance(exc.character, int) else ord(exc.character)
         raise ConfigError([Problem(file, line, col, f"YAML syntax: character U+{char:04X} "
                                    "is not allowed in a YAML file")]) from None
+    except (IndexError, ValueError) as exc:
+        # ruamel's own constructors can fail on a scalar its resolver took for a number
+        # (found by fuzzing: construct_yaml_int indexes an empty digit string); no mark.
+        raise ConfigError([Problem(file, 1, 1, f"YAML: a value ruamel.yaml cannot read "
+                                   f"({type(exc).__name__})")]) from None
     except TypeError:
         # ruamel builds a mapping whose key is a list or a mapping (`[a]: 1`, `? {a: 1}`) and
         # fails hashing it, before any mark is known; no routes.yaml key is ever one.

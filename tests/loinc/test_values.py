@@ -78,3 +78,14 @@ def test_rounding_half_up_and_no_float_noise() -> None:
     assert round_significant(Decimal("5.8278"), 3) == Decimal("5.83")
     assert round_significant(Decimal("9.996"), 3) == Decimal("10.0")
     assert format_decimal(round_significant(Decimal("88400.1"), 3)) == "88400"
+
+
+def test_rounding_a_value_with_more_figures_than_decimal_precision() -> None:
+    """Found by fuzzing oru_crbio: quantize raised InvalidOperation past 28 digits."""
+    from decimal import Decimal
+
+    from transformers.lab.values import round_significant
+
+    assert round_significant(Decimal("1234567890123456789012345678901234567890.5"), 40) == \
+        Decimal("1234567890123456789012345678901234567891")
+    assert round_significant(Decimal("3E+60"), 3) == Decimal("3E+60")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
 from functools import lru_cache
 
 _NUMBER = r"[-+]?(?:\d+(?:[.,]\d*)?|[.,]\d+)"
@@ -132,12 +132,17 @@ def round_significant(value: Decimal, figures: int) -> Decimal:
     """Round to ``figures`` significant figures, half up (the laboratory convention)."""
     if value.is_zero():
         return Decimal(0)
-    quantum = Decimal(1).scaleb(value.adjusted() - figures + 1)
-    rounded = value.quantize(quantum, rounding=ROUND_HALF_UP)
-    if rounded.adjusted() != value.adjusted():  # 9.996 → 10.0: one figure too many
-        rounded = rounded.quantize(quantum.scaleb(1), rounding=ROUND_HALF_UP)
-    if rounded == rounded.to_integral_value() and rounded.as_tuple().exponent > 0:  # type: ignore[operator]
-        rounded = rounded.quantize(Decimal(1))
+    # quantize refuses (InvalidOperation) a result with more digits than the context's
+    # precision: a value sent with 40 figures (found by fuzzing), or a large integer brought
+    # back to its units digit below. Enough precision for both, whatever the value.
+    with localcontext() as ctx:
+        ctx.prec = max(ctx.prec, figures + 2, value.adjusted() + 3)
+        quantum = Decimal(1).scaleb(value.adjusted() - figures + 1)
+        rounded = value.quantize(quantum, rounding=ROUND_HALF_UP)
+        if rounded.adjusted() != value.adjusted():  # 9.996 → 10.0: one figure too many
+            rounded = rounded.quantize(quantum.scaleb(1), rounding=ROUND_HALF_UP)
+        if rounded == rounded.to_integral_value() and rounded.as_tuple().exponent > 0:  # type: ignore[operator]
+            rounded = rounded.quantize(Decimal(1))
     return rounded
 
 
