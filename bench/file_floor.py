@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness import load_average, machine, oru  # noqa: E402  (bench/harness.py)
 
 from channels.outbound.base import OutboundItem  # noqa: E402
-from channels.outbound.file import FileDestination  # noqa: E402
+from channels.outbound.file import FileDestination, _fsync_dir  # noqa: E402
 
 BATCH = 32
 FILES_PER_ORU = 3  # archive, lab-normalised, events in the shipped routes.yaml
@@ -49,14 +49,6 @@ def _syncfs(fd: int) -> None:
     if _libc.syncfs(fd) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-
-
-def _fsync_dir(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Bare:
@@ -85,7 +77,7 @@ class Bare:
             os.close(fd)
             os.replace(tmp, target)
         if self.mode == "fsync each":
-            _fsync_dir(self.folder)
+            _fsync_dir(Path(self.folder))
         elif self.mode == "syncfs":
             fd = os.open(self.folder, os.O_RDONLY)
             try:
